@@ -1,0 +1,198 @@
+use super::*;
+
+/// A deterministic harness: a fixed signer and a clock the test moves by hand.
+struct Harness {
+    signer: TokenSigner,
+    keys: KeySet,
+    now: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let signer = TokenSigner::from_seed(&[7u8; 32]);
+        let mut keys = KeySet::default();
+        keys.insert(signer.verifying_key());
+        Self {
+            signer,
+            keys,
+            now: 1_700_000_000,
+        }
+    }
+
+    fn claims(&self) -> AuthzToken {
+        AuthzToken {
+            session_id: "s_h7vBIhH5SZ".into(),
+            target_id: "ttcp_1234567890".into(),
+            user_id: "u_1234567890".into(),
+            host_id: "hst_1234567890".into(),
+            endpoint: "localhost:22".into(),
+            issued_at: self.now,
+            expires_at: self.now + 28_800,
+            connection_limit: 1,
+            worker_id: "w_1234567890".into(),
+            worker_addr: "127.0.0.1:9202".into(),
+            ca_fingerprint: [9u8; 32],
+        }
+    }
+
+    fn verify(&self, text: &str) -> Result<AuthzToken, TokenError> {
+        let t = SignedToken::decode(text)?;
+        self.keys.verify(&t, self.now, "w_1234567890")
+    }
+}
+
+#[test]
+fn signed_token_verifies_and_round_trips_every_claim() {
+    let h = Harness::new();
+    let text = h.signer.sign(&h.claims()).unwrap();
+    assert_eq!(h.verify(&text).unwrap(), h.claims());
+    // Surrounding whitespace (a pasted token) is tolerated.
+    assert_eq!(h.verify(&format!("  {text}\n")).unwrap(), h.claims());
+}
+
+#[test]
+fn expiry_follows_the_virtual_clock() {
+    let mut h = Harness::new();
+    let text = h.signer.sign(&h.claims()).unwrap();
+    h.now += 28_799;
+    assert!(h.verify(&text).is_ok());
+    h.now += 1;
+    assert!(matches!(h.verify(&text), Err(TokenError::Expired { .. })));
+}
+
+#[test]
+fn every_tampered_byte_is_refused() {
+    let h = Harness::new();
+    let text = h.signer.sign(&h.claims()).unwrap();
+    let bytes = bs58::decode(&text).into_vec().unwrap();
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            let tampered = bs58::encode(&b).into_string();
+            assert!(
+                h.verify(&tampered).is_err(),
+                "flipping bit {flip:#x} of byte {i} was accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn changing_any_claim_breaks_the_signature() {
+    let h = Harness::new();
+    let good = h.claims();
+    let mut variants = Vec::new();
+    macro_rules! vary {
+        ($field:ident, $value:expr) => {{
+            let mut c = good.clone();
+            c.$field = $value;
+            variants.push((stringify!($field), c));
+        }};
+    }
+    vary!(session_id, "s_other00000".into());
+    vary!(target_id, "ttcp_0987654321".into());
+    vary!(user_id, "u_0987654321".into());
+    vary!(host_id, String::new());
+    vary!(endpoint, "localhost:23".into());
+    vary!(issued_at, good.issued_at - 1);
+    vary!(expires_at, good.expires_at + 3600);
+    vary!(connection_limit, -1);
+    vary!(worker_addr, "127.0.0.1:9999".into());
+    vary!(ca_fingerprint, [1u8; 32]);
+    let signature = {
+        let text = h.signer.sign(&good).unwrap();
+        let b = bs58::decode(&text).into_vec().unwrap();
+        b[b.len() - 64..].to_vec()
+    };
+    for (field, claims) in variants {
+        // Re-encode the altered claims under the original signature: a forgery.
+        let mut bytes = claims.encode_claims(KeyId::of(&h.signer.verifying_key())).unwrap();
+        bytes.extend_from_slice(&signature);
+        let forged = bs58::encode(bytes).into_string();
+        assert_eq!(h.verify(&forged), Err(TokenError::BadSignature), "{field}");
+    }
+}
+
+#[test]
+fn every_truncation_and_any_trailing_byte_is_refused() {
+    let h = Harness::new();
+    let text = h.signer.sign(&h.claims()).unwrap();
+    let bytes = bs58::decode(&text).into_vec().unwrap();
+    for n in 0..bytes.len() {
+        let t = bs58::encode(&bytes[..n]).into_string();
+        assert!(SignedToken::decode(&t).is_err(), "prefix of {n} bytes decoded");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let t = bs58::encode(&longer).into_string();
+    assert!(matches!(
+        SignedToken::decode(&t),
+        Err(TokenError::Malformed(DecodeError::Trailing(1)))
+    ));
+}
+
+#[test]
+fn a_token_from_another_key_or_for_another_worker_is_refused() {
+    let h = Harness::new();
+    let other = TokenSigner::from_seed(&[8u8; 32]);
+    let text = other.sign(&h.claims()).unwrap();
+    assert_eq!(h.verify(&text), Err(TokenError::UnknownKey));
+
+    let mut claims = h.claims();
+    claims.worker_id = "w_0987654321".into();
+    let text = h.signer.sign(&claims).unwrap();
+    assert!(matches!(h.verify(&text), Err(TokenError::WrongWorker { .. })));
+}
+
+#[test]
+fn garbage_and_oversized_text_is_refused_without_panicking() {
+    let h = Harness::new();
+    assert_eq!(h.verify("not base58 0OIl"), Err(TokenError::NotBase58));
+    assert!(h.verify("").is_err());
+    let huge = "1".repeat(MAX_TEXT + 1);
+    assert_eq!(h.verify(&huge), Err(TokenError::TooLong(MAX_TEXT + 1)));
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    for len in 0..400 {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect();
+        let _ = SignedToken::decode_binary(&bytes);
+    }
+}
+
+#[test]
+fn oversized_fields_cannot_be_signed() {
+    let h = Harness::new();
+    let mut claims = h.claims();
+    claims.endpoint = "x".repeat(MAX_ADDR + 1);
+    assert_eq!(h.signer.sign(&claims), Err(TokenError::FieldTooLong("endpoint")));
+}
+
+#[test]
+fn a_token_with_every_field_at_its_bound_fits_the_text_limit() {
+    let h = Harness::new();
+    let id = "i".repeat(MAX_ID);
+    let addr = "a".repeat(MAX_ADDR);
+    let claims = AuthzToken {
+        session_id: id.clone(),
+        target_id: id.clone(),
+        user_id: id.clone(),
+        host_id: id.clone(),
+        endpoint: addr.clone(),
+        issued_at: u64::MAX,
+        expires_at: u64::MAX,
+        connection_limit: i32::MAX,
+        worker_id: "w_1234567890".into(),
+        worker_addr: addr,
+        ca_fingerprint: [0xff; 32],
+    };
+    let text = h.signer.sign(&claims).unwrap();
+    assert!(text.len() <= MAX_TEXT, "{} > {}", text.len(), MAX_TEXT);
+    assert_eq!(h.verify(&text).unwrap(), claims);
+}

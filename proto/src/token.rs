@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+/// Ed25519 public key, re-exported for workers and the controller.
+pub use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 

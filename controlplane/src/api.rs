@@ -1,0 +1,376 @@
+//! The HTTP API: Boundary's paths, verbs and JSON shapes under `/v1`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::controller::{Controller, Principal};
+use crate::model::{Scope, Session, Target};
+
+/// An API refusal: HTTP status, Boundary's error kind, and a message for the user.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidArgument", m)
+    }
+    pub fn unauthenticated(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthenticated", m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "PermissionDenied", m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "FailedPrecondition", m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", m)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status_code": self.status.as_u16(),
+            "kind": self.kind,
+            "message": self.message,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Ctl = Arc<Controller>;
+
+/// The router for `/v1`.
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/auth-methods/{id_action}", post(auth_method_action))
+        .route("/v1/targets", get(list_targets))
+        .route("/v1/targets/{id}", get(read_target).post(target_action))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}", get(read_session).post(session_action))
+        .fallback(|| async { ApiError::not_found("no such API path") })
+        .with_state(controller)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+fn principal(c: &Controller, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    c.principal(bearer(headers))
+}
+
+fn split_action(s: &str) -> (&str, Option<&str>) {
+    match s.split_once(':') {
+        Some((id, action)) => (id, Some(action)),
+        None => (s, None),
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &str) -> Result<T, ApiError> {
+    if body.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthenticateBody {
+    #[serde(default)]
+    attributes: PasswordAttributes,
+    #[serde(default)]
+    #[allow(dead_code)]
+    command: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    token_type: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PasswordAttributes {
+    #[serde(default)]
+    login_name: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn auth_method_action(
+    State(c): State<Ctl>,
+    Path(id_action): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    if action != Some("authenticate") {
+        return Err(ApiError::not_found(format!("no action {id_action}")));
+    }
+    let body: AuthenticateBody = parse_body(&body)?;
+    let a = body.attributes;
+    if a.login_name.is_empty() {
+        return Err(ApiError::bad_request("login_name is required"));
+    }
+    let auth = c.authenticate(id, &a.login_name, &a.password).await?;
+    let t = &auth.token;
+    Ok(Json(json!({
+        "command": "login",
+        "attributes": {
+            "id": t.id,
+            "scope": {"id": "global", "type": "global", "name": "global"},
+            "token": auth.bearer,
+            "user_id": t.user_id,
+            "auth_method_id": t.auth_method_id,
+            "account_id": t.account_id,
+            "created_time": t.created_time,
+            "updated_time": t.created_time,
+            "approximate_last_used_time": t.created_time,
+            "expiration_time": t.expiration_time,
+        }
+    })))
+}
+
+#[derive(Deserialize)]
+struct ScopeQuery {
+    scope_id: Option<String>,
+    #[serde(default)]
+    include_terminated: bool,
+}
+
+fn scope_json(s: &Scope) -> Value {
+    json!({"id": s.id, "type": s.kind, "name": s.name, "description": s.description, "parent_scope_id": s.parent_scope_id})
+}
+
+fn target_json(c: &Controller, t: &Target) -> Value {
+    let scope = c.scope(&t.scope_id).map(|s| scope_json(&s)).unwrap_or(Value::Null);
+    let mut v = json!({
+        "id": t.id,
+        "scope_id": t.scope_id,
+        "scope": scope,
+        "name": t.name,
+        "description": t.description,
+        "created_time": t.created_time,
+        "updated_time": t.updated_time,
+        "version": t.version,
+        "type": "tcp",
+        "host_source_ids": t.host_source_ids,
+        "session_max_seconds": t.session_max_seconds,
+        "session_connection_limit": t.session_connection_limit,
+        "attributes": {"default_port": t.default_port, "default_client_port": t.default_client_port},
+        "authorized_actions": ["read", "authorize-session"],
+    });
+    if let Some(a) = &t.address {
+        v["address"] = json!(a);
+    }
+    v
+}
+
+async fn list_targets(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<ScopeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let scope_id = q
+        .scope_id
+        .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
+    let items: Vec<Value> = c
+        .list_targets(&p, &scope_id)?
+        .iter()
+        .map(|t| target_json(&c, t))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_target(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let t = c.read_target(&p, &id)?;
+    Ok(Json(json!({"status_code": 200, "item": target_json(&c, &t)})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeBody {
+    #[serde(default)]
+    host_id: Option<String>,
+}
+
+async fn target_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    if action != Some("authorize-session") {
+        return Err(ApiError::not_found(format!("no action {id_action}")));
+    }
+    let p = principal(&c, &headers)?;
+    let body: AuthorizeBody = parse_body(&body)?;
+    let host_id = body.host_id.filter(|h| !h.is_empty());
+    let a = c.authorize_session(&p, id, host_id.as_deref()).await?;
+    let s = &a.session;
+    Ok(Json(json!({
+        "status_code": 200,
+        "item": {
+            "session_id": s.id,
+            "target_id": s.target_id,
+            "scope": scope_json(&a.scope),
+            "created_time": s.created_time,
+            "user_id": s.user_id,
+            "host_set_id": s.host_set_id,
+            "host_id": s.host_id,
+            "type": "tcp",
+            "authorization_token": a.authorization_token,
+            "endpoint": s.endpoint,
+            "expiration_time": s.expiration_time,
+            "connection_limit": s.connection_limit,
+            "worker_info": [{"address": s.worker_id}],
+        }
+    })))
+}
+
+/// A session in Boundary's JSON shape.
+pub fn session_json(c: &Controller, s: &Session) -> Value {
+    let scope = c.scope(&s.scope_id).map(|sc| scope_json(&sc)).unwrap_or(Value::Null);
+    let states: Vec<Value> = s
+        .states
+        .iter()
+        .map(|r| {
+            let mut v = json!({"status": r.status.as_str(), "start_time": r.start_time});
+            if let Some(e) = r.end_time {
+                v["end_time"] = json!(e);
+            }
+            v
+        })
+        .collect();
+    let connections: Vec<Value> = s
+        .connections
+        .iter()
+        .map(|k| {
+            json!({
+                "connection_id": k.connection_id,
+                "client_tcp_address": k.client_tcp_address,
+                "endpoint_tcp_address": k.endpoint_tcp_address,
+                "bytes_up": k.bytes_up,
+                "bytes_down": k.bytes_down,
+                "status": k.status,
+                "created_time": k.created_time,
+                "closed_time": k.closed_time,
+                "closed_reason": k.closed_reason.map(|r| r.as_str()),
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "id": s.id,
+        "target_id": s.target_id,
+        "scope": scope,
+        "created_time": s.created_time,
+        "updated_time": s.updated_time,
+        "version": s.version,
+        "type": "tcp",
+        "expiration_time": s.expiration_time,
+        "auth_token_id": s.auth_token_id,
+        "user_id": s.user_id,
+        "host_set_id": s.host_set_id,
+        "host_id": s.host_id,
+        "scope_id": s.scope_id,
+        "endpoint": s.endpoint,
+        "worker_id": s.worker_id,
+        "connection_limit": s.connection_limit,
+        "states": states,
+        "status": s.status().as_str(),
+        "authorized_actions": ["read:self", "cancel:self"],
+        "connections": connections,
+    });
+    if let Some(r) = s.termination_reason {
+        v["termination_reason"] = json!(r.as_str());
+    }
+    v
+}
+
+async fn list_sessions(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<ScopeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let scope_id = q
+        .scope_id
+        .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
+    let items: Vec<Value> = c
+        .list_sessions(&p, &scope_id, q.include_terminated)?
+        .iter()
+        .map(|s| session_json(&c, s))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_session(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let s = c.read_session(&p, &id)?;
+    Ok(Json(json!({"status_code": 200, "item": session_json(&c, &s)})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+async fn session_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let (id, action) = split_action(&id_action);
+    if action != Some("cancel") {
+        return Err(ApiError::not_found(format!("no action {id_action}")));
+    }
+    let p = principal(&c, &headers)?;
+    let body: CancelBody = parse_body(&body)?;
+    let s = c.cancel_session(&p, id, body.version).await?;
+    Ok(Json(json!({"status_code": 200, "item": session_json(&c, &s)})).into_response())
+}

@@ -1,0 +1,855 @@
+//! The controller: resources, sessions and tokens in memory, every change written through the
+//! durable store before it is acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use jiff::{SignedDuration, Timestamp};
+use rand::seq::SliceRandom;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sluice_proto::cluster::WorkerEvent;
+use sluice_proto::{AuthzToken, ConnectionClosedReason, TerminationReason, TokenSigner};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::api::ApiError;
+use crate::ids::{new_id, new_secret};
+use crate::model::*;
+use crate::sessions;
+use crate::store::{Store, Table, Write};
+
+/// How the controller reaches a worker.
+pub trait WorkerLink: Send + Sync {
+    /// Ends `session_id` on the worker now (cancel), remembering it until `expires_at`.
+    fn cancel_session(&self, session_id: &str, expires_at: u64);
+}
+
+/// A worker tokens can be pinned to.
+#[derive(Clone)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Address clients reach it at.
+    pub addr: String,
+    /// SHA-256 of the cluster CA its certificate chains to.
+    pub ca_fingerprint: [u8; 32],
+    /// The cluster link to it.
+    pub link: Arc<dyn WorkerLink>,
+}
+
+/// The values `sluice dev` generates (Boundary's fixed dev ids).
+#[derive(Debug, Clone)]
+pub struct DevSeed {
+    pub login_name: String,
+    pub password: String,
+    pub unprivileged_login_name: String,
+    pub unprivileged_password: String,
+    pub host_address: String,
+    pub target_default_port: u16,
+    pub target_session_max_seconds: u32,
+    pub target_session_connection_limit: i32,
+}
+
+impl Default for DevSeed {
+    fn default() -> Self {
+        Self {
+            login_name: "admin".into(),
+            password: "password".into(),
+            unprivileged_login_name: "user".into(),
+            unprivileged_password: "password".into(),
+            host_address: "localhost".into(),
+            target_default_port: 22,
+            target_session_max_seconds: 28_800,
+            target_session_connection_limit: -1,
+        }
+    }
+}
+
+/// Fixed ids of the dev resources.
+pub mod dev_ids {
+    pub const AUTH_METHOD: &str = "ampw_1234567890";
+    pub const ADMIN_ACCOUNT: &str = "acctpw_1234567890";
+    pub const USER_ACCOUNT: &str = "acctpw_0987654321";
+    pub const ADMIN_USER: &str = "u_1234567890";
+    pub const USER: &str = "u_0987654321";
+    pub const ORG: &str = "o_1234567890";
+    pub const PROJECT: &str = "p_1234567890";
+    pub const HOST_CATALOG: &str = "hcst_1234567890";
+    pub const HOST: &str = "hst_1234567890";
+    pub const HOST_SET: &str = "hsst_1234567890";
+    pub const TARGET: &str = "ttcp_1234567890";
+    pub const TARGET_DIRECT: &str = "ttcp_0987654321";
+}
+
+#[derive(Default)]
+struct State {
+    scopes: BTreeMap<String, Scope>,
+    users: BTreeMap<String, User>,
+    accounts: BTreeMap<String, Account>,
+    auth_tokens: HashMap<String, AuthToken>,
+    catalogs: BTreeMap<String, HostCatalog>,
+    hosts: BTreeMap<String, Host>,
+    host_sets: BTreeMap<String, HostSet>,
+    targets: BTreeMap<String, Target>,
+    sessions: HashMap<String, Session>,
+}
+
+/// Who is calling the API.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub auth_token_id: String,
+}
+
+/// The result of a successful password authentication.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub token: AuthToken,
+    /// The bearer token text; shown once, never stored.
+    pub bearer: String,
+}
+
+/// The result of authorize-session.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub session: Session,
+    pub authorization_token: String,
+    pub scope: Scope,
+}
+
+/// The controller.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    signer: TokenSigner,
+    workers: RwLock<Vec<WorkerInfo>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").finish_non_exhaustive()
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("model types serialize")
+}
+
+fn load<T: DeserializeOwned>(store: &dyn Store, table: Table) -> anyhow::Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for (k, v) in store.load(table)? {
+        match serde_json::from_slice(&v) {
+            Ok(t) => out.push((k, t)),
+            Err(e) => anyhow::bail!("stored record {k} in {table:?} is unreadable: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters hashes any password")
+        .to_string()
+}
+
+fn ms(at_ms: u64) -> Timestamp {
+    Timestamp::from_millisecond(at_ms as i64).unwrap_or_else(|_| Timestamp::now())
+}
+
+impl Controller {
+    /// Loads everything from `store`. With `seed`, creates (or refreshes) the dev resources.
+    /// With `orphaned_by_restart`, sessions left active or canceling by a previous process
+    /// (whose in-process worker died with it) are terminated with `system error`.
+    pub fn open(
+        store: Arc<dyn Store>,
+        seed: Option<&DevSeed>,
+        orphaned_by_restart: bool,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut state = State::default();
+        let mut signing_seed = None;
+        for (k, v) in store.load(Table::Meta)? {
+            if k == "token_signing_key" {
+                signing_seed = <[u8; 32]>::try_from(v.as_slice()).ok();
+            }
+        }
+        let mut writes = Vec::new();
+        let signing_seed = match signing_seed {
+            Some(s) => s,
+            None => {
+                let s: [u8; 32] = rand::random();
+                writes.push(Write::Put(Table::Meta, "token_signing_key".into(), s.to_vec()));
+                s
+            }
+        };
+        for (id, v) in load::<serde_json::Value>(&*store, Table::Resources)? {
+            let kind = id.split('_').next().unwrap_or_default();
+            let r = match kind {
+                "o" | "p" | "global" => serde_json::from_value(v).map(|s| {
+                    state.scopes.insert(id.clone(), s);
+                }),
+                "u" => serde_json::from_value(v).map(|u| {
+                    state.users.insert(id.clone(), u);
+                }),
+                "acctpw" => serde_json::from_value(v).map(|a| {
+                    state.accounts.insert(id.clone(), a);
+                }),
+                "hcst" => serde_json::from_value(v).map(|c| {
+                    state.catalogs.insert(id.clone(), c);
+                }),
+                "hst" => serde_json::from_value(v).map(|h| {
+                    state.hosts.insert(id.clone(), h);
+                }),
+                "hsst" => serde_json::from_value(v).map(|h| {
+                    state.host_sets.insert(id.clone(), h);
+                }),
+                "ttcp" => serde_json::from_value(v).map(|t| {
+                    state.targets.insert(id.clone(), t);
+                }),
+                _ => Ok(()),
+            };
+            r.map_err(|e| anyhow::anyhow!("stored resource {id} is unreadable: {e}"))?;
+        }
+        for (id, t) in load::<AuthToken>(&*store, Table::AuthTokens)? {
+            state.auth_tokens.insert(id, t);
+        }
+        let now = Timestamp::now();
+        for (id, mut s) in load::<Session>(&*store, Table::Sessions)? {
+            if orphaned_by_restart
+                && matches!(s.status(), SessionStatus::Active | SessionStatus::Canceling)
+            {
+                for c in s.connections.iter_mut().filter(|c| c.status != "closed") {
+                    c.status = "closed".into();
+                    c.closed_time = Some(now);
+                    c.closed_reason = Some(ConnectionClosedReason::SystemError);
+                }
+                sessions::terminate(&mut s, TerminationReason::SystemError, now);
+                writes.push(Write::Put(Table::Sessions, id.clone(), enc(&s)));
+            }
+            state.sessions.insert(id, s);
+        }
+        if let Some(seed) = seed {
+            writes.extend(seed_dev(&mut state, seed, now));
+        }
+        let controller = Arc::new(Self {
+            store,
+            state: Mutex::new(state),
+            signer: TokenSigner::from_seed(&signing_seed),
+            workers: RwLock::new(Vec::new()),
+        });
+        if !writes.is_empty() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            controller
+                .store
+                .commit(writes, Box::new(move |r| drop(tx.send(r))));
+            rx.recv()
+                .map_err(|_| anyhow::anyhow!("store closed during startup"))??;
+        }
+        Ok(controller)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The public key workers verify tokens with.
+    pub fn verifying_key(&self) -> sluice_proto::token::VerifyingKey {
+        self.signer.verifying_key()
+    }
+
+    /// Registers a worker tokens may be pinned to.
+    pub fn add_worker(&self, worker: WorkerInfo) {
+        self.workers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(worker);
+    }
+
+    /// Sends `writes` to the store (in call order) and returns a future that resolves once
+    /// they are durable.
+    fn persist(&self, writes: Vec<Write>) -> impl std::future::Future<Output = Result<(), ApiError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.commit(writes, Box::new(move |r| drop(tx.send(r))));
+        async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ApiError::internal(format!("could not store the change: {e}"))),
+                Err(_) => Err(ApiError::internal("the store shut down")),
+            }
+        }
+    }
+
+    /// Checks a login name and password against a password auth method and issues an auth token.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        auth_method_id: &str,
+        login_name: &str,
+        password: &str,
+    ) -> Result<Authenticated, ApiError> {
+        if auth_method_id != dev_ids::AUTH_METHOD {
+            return Err(ApiError::not_found(format!(
+                "auth method {auth_method_id} not found"
+            )));
+        }
+        let account = self
+            .state()
+            .accounts
+            .values()
+            .find(|a| a.auth_method_id == auth_method_id && a.login_name == login_name)
+            .cloned();
+        let failed = || {
+            ApiError::unauthenticated(format!(
+                "authentication failed: wrong login name or password for auth method {auth_method_id}"
+            ))
+        };
+        // Hash even for an unknown login name, so timing does not reveal which names exist.
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let hash = match &account {
+            Some(a) => a.password_hash.clone(),
+            None => DUMMY.get_or_init(|| hash_password("not a password")).clone(),
+        };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        let account = match account {
+            Some(a) if ok => a,
+            _ => return Err(failed()),
+        };
+        let id = new_id("at");
+        let secret = new_secret();
+        let now = Timestamp::now();
+        let token = AuthToken {
+            id: id.clone(),
+            user_id: account.user_id.clone(),
+            account_id: account.id.clone(),
+            auth_method_id: auth_method_id.to_owned(),
+            secret_sha256: sha256_hex(&secret),
+            created_time: now,
+            expiration_time: now + SignedDuration::from_hours(24 * 7),
+        };
+        let done = {
+            let mut st = self.state();
+            st.auth_tokens.insert(id.clone(), token.clone());
+            self.persist(vec![Write::Put(Table::AuthTokens, id.clone(), enc(&token))])
+        };
+        done.await?;
+        info!(auth_token_id = %id, user_id = %token.user_id, "authenticated");
+        Ok(Authenticated {
+            bearer: format!("{id}_{secret}"),
+            token,
+        })
+    }
+
+    /// Resolves a bearer token to its user.
+    pub fn principal(&self, bearer: Option<&str>) -> Result<Principal, ApiError> {
+        let bearer = bearer.ok_or_else(|| {
+            ApiError::unauthenticated(
+                "no auth token: run `sluice authenticate password` first, or set SLUICE_TOKEN",
+            )
+        })?;
+        let invalid = || {
+            ApiError::unauthenticated(
+                "the auth token is invalid or has expired: run `sluice authenticate password` again",
+            )
+        };
+        // at_XXXXXXXXXX_secret
+        let (id, secret) = bearer
+            .get(..13)
+            .zip(bearer.get(14..))
+            .filter(|_| bearer.as_bytes().get(13) == Some(&b'_'))
+            .ok_or_else(invalid)?;
+        let st = self.state();
+        let token = st.auth_tokens.get(id).ok_or_else(invalid)?;
+        let given = sha256_hex(secret);
+        if !bool::from(given.as_bytes().ct_eq(token.secret_sha256.as_bytes())) {
+            return Err(invalid());
+        }
+        if token.expiration_time <= Timestamp::now() {
+            return Err(invalid());
+        }
+        let user = st.users.get(&token.user_id).cloned().ok_or_else(invalid)?;
+        Ok(Principal {
+            user,
+            auth_token_id: token.id.clone(),
+        })
+    }
+
+    /// Targets of a project.
+    pub fn list_targets(&self, _p: &Principal, scope_id: &str) -> Result<Vec<Target>, ApiError> {
+        let st = self.state();
+        if !st.scopes.contains_key(scope_id) {
+            return Err(ApiError::not_found(format!("scope {scope_id} not found")));
+        }
+        Ok(st
+            .targets
+            .values()
+            .filter(|t| t.scope_id == scope_id)
+            .cloned()
+            .collect())
+    }
+
+    /// One target.
+    pub fn read_target(&self, _p: &Principal, id: &str) -> Result<Target, ApiError> {
+        self.state()
+            .targets
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))
+    }
+
+    /// A scope by id.
+    pub fn scope(&self, id: &str) -> Option<Scope> {
+        self.state().scopes.get(id).cloned()
+    }
+
+    /// Creates a pending session (durably) and signs its authorization token.
+    pub async fn authorize_session(
+        &self,
+        p: &Principal,
+        target_id: &str,
+        host_id: Option<&str>,
+    ) -> Result<Authorized, ApiError> {
+        let worker = self
+            .workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::conflict("no worker is available to handle the session; start a worker")
+            })?;
+        let now = Timestamp::now();
+        let (session, scope, token, done) = {
+            let mut st = self.state();
+            let target = st
+                .targets
+                .get(target_id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("target {target_id} not found")))?;
+            if target.default_port == 0 {
+                return Err(ApiError::conflict(format!(
+                    "target {target_id} has no default port; set one with `sluice targets update tcp -id {target_id} -default-port N`"
+                )));
+            }
+            let (host_id, host_set_id, address) = match &target.address {
+                Some(addr) => {
+                    if let Some(h) = host_id {
+                        return Err(ApiError::bad_request(format!(
+                            "target {target_id} has a direct address; -host-id {h} cannot be used with it"
+                        )));
+                    }
+                    (String::new(), String::new(), addr.clone())
+                }
+                None => {
+                    let mut candidates = Vec::new();
+                    for hs in &target.host_source_ids {
+                        if let Some(set) = st.host_sets.get(hs) {
+                            for h in &set.host_ids {
+                                if let Some(host) = st.hosts.get(h) {
+                                    candidates.push((host.id.clone(), set.id.clone(), host.address.clone()));
+                                }
+                            }
+                        }
+                    }
+                    let chosen = match host_id {
+                        Some(h) => candidates.into_iter().find(|(id, _, _)| id == h).ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "host {h} is not in any host set of target {target_id}"
+                            ))
+                        })?,
+                        None => candidates.choose(&mut rand::thread_rng()).cloned().ok_or_else(|| {
+                            ApiError::conflict(format!(
+                                "target {target_id} has no hosts to connect to; add a host set with hosts"
+                            ))
+                        })?,
+                    };
+                    chosen
+                }
+            };
+            let scope = st
+                .scopes
+                .get(&target.scope_id)
+                .cloned()
+                .ok_or_else(|| ApiError::internal("target's scope is missing"))?;
+            let endpoint_hostport = if address.contains(':') && !address.starts_with('[') {
+                format!("[{address}]:{}", target.default_port)
+            } else {
+                format!("{address}:{}", target.default_port)
+            };
+            let mut session = Session {
+                id: new_id("s"),
+                target_id: target.id.clone(),
+                scope_id: target.scope_id.clone(),
+                user_id: p.user.id.clone(),
+                host_id,
+                host_set_id,
+                auth_token_id: p.auth_token_id.clone(),
+                endpoint: format!("tcp://{endpoint_hostport}"),
+                worker_id: worker.id.clone(),
+                connection_limit: target.session_connection_limit,
+                created_time: now,
+                updated_time: now,
+                expiration_time: now + SignedDuration::from_secs(target.session_max_seconds.into()),
+                version: 0,
+                states: vec![],
+                termination_reason: None,
+                connections: vec![],
+            };
+            sessions::begin(&mut session, now);
+            let claims = AuthzToken {
+                session_id: session.id.clone(),
+                target_id: session.target_id.clone(),
+                user_id: session.user_id.clone(),
+                host_id: session.host_id.clone(),
+                endpoint: endpoint_hostport,
+                issued_at: now.as_second() as u64,
+                expires_at: session.expiration_time.as_second() as u64,
+                connection_limit: session.connection_limit,
+                worker_id: worker.id.clone(),
+                worker_addr: worker.addr.clone(),
+                ca_fingerprint: worker.ca_fingerprint,
+            };
+            let token = self
+                .signer
+                .sign(&claims)
+                .map_err(|e| ApiError::bad_request(format!("cannot issue a token: {e}")))?;
+            st.sessions.insert(session.id.clone(), session.clone());
+            let done = self.persist(vec![Write::Put(Table::Sessions, session.id.clone(), enc(&session))]);
+            (session, scope, token, done)
+        };
+        done.await?;
+        info!(session_id = %session.id, target_id, user_id = %p.user.id, "session authorized");
+        Ok(Authorized {
+            session,
+            authorization_token: token,
+            scope,
+        })
+    }
+
+    fn visible(p: &Principal, s: &Session) -> bool {
+        p.user.admin || s.user_id == p.user.id
+    }
+
+    /// Sessions of a project, newest first; terminated ones only when asked.
+    pub fn list_sessions(
+        &self,
+        p: &Principal,
+        scope_id: &str,
+        include_terminated: bool,
+    ) -> Result<Vec<Session>, ApiError> {
+        let st = self.state();
+        if !st.scopes.contains_key(scope_id) {
+            return Err(ApiError::not_found(format!("scope {scope_id} not found")));
+        }
+        let mut out: Vec<Session> = st
+            .sessions
+            .values()
+            .filter(|s| s.scope_id == scope_id && Self::visible(p, s))
+            .filter(|s| include_terminated || s.status() != SessionStatus::Terminated)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.created_time.cmp(&a.created_time));
+        Ok(out)
+    }
+
+    /// One session.
+    pub fn read_session(&self, p: &Principal, id: &str) -> Result<Session, ApiError> {
+        let st = self.state();
+        match st.sessions.get(id) {
+            Some(s) if Self::visible(p, s) => Ok(s.clone()),
+            Some(_) => Err(ApiError::forbidden(format!(
+                "session {id} belongs to another user; you may only read your own sessions"
+            ))),
+            None => Err(ApiError::not_found(format!("session {id} not found"))),
+        }
+    }
+
+    /// Cancels a session: canceling now, pushed to its worker, terminated once the worker has
+    /// closed its connections. Idempotent.
+    pub async fn cancel_session(
+        &self,
+        p: &Principal,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<Session, ApiError> {
+        let now = Timestamp::now();
+        let (session, done) = {
+            let mut st = self.state();
+            let s = match st.sessions.get_mut(id) {
+                Some(s) if Self::visible(p, s) => s,
+                Some(_) => {
+                    return Err(ApiError::forbidden(format!(
+                        "session {id} belongs to another user; you may only cancel your own sessions"
+                    )))
+                }
+                None => return Err(ApiError::not_found(format!("session {id} not found"))),
+            };
+            if let Some(v) = version {
+                if v != s.version {
+                    return Err(ApiError::conflict(format!(
+                        "session {id} is at version {}, not {v}; read it again and retry",
+                        s.version
+                    )));
+                }
+            }
+            if matches!(s.status(), SessionStatus::Canceling | SessionStatus::Terminated) {
+                return Ok(s.clone());
+            }
+            sessions::transition(s, SessionStatus::Canceling, None, now)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let s = s.clone();
+            let done = self.persist(vec![Write::Put(Table::Sessions, s.id.clone(), enc(&s))]);
+            (s, done)
+        };
+        done.await?;
+        info!(session_id = %id, "session canceling");
+        let link = self
+            .workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|w| w.id == session.worker_id)
+            .map(|w| w.link.clone());
+        match link {
+            Some(link) => link.cancel_session(id, session.expiration_time.as_second() as u64),
+            None => warn!(session_id = %id, worker_id = %session.worker_id, "session's worker is not connected; cancel applies when it returns"),
+        }
+        Ok(session)
+    }
+
+    /// Applies a worker's event. Idempotent.
+    pub async fn apply_event(&self, event: WorkerEvent) -> Result<(), ApiError> {
+        let done = {
+            let mut st = self.state();
+            let Some(s) = st.sessions.get_mut(event.session_id()) else {
+                warn!(session_id = event.session_id(), "event for an unknown session");
+                return Ok(());
+            };
+            let changed = match event {
+                WorkerEvent::SessionActivated { at_ms, .. } => {
+                    s.status() == SessionStatus::Pending
+                        && sessions::transition(s, SessionStatus::Active, None, ms(at_ms)).is_ok()
+                }
+                WorkerEvent::ConnectionOpened {
+                    connection_id,
+                    client_addr,
+                    endpoint_addr,
+                    at_ms,
+                    ..
+                } => {
+                    if s.connections.iter().any(|c| c.connection_id == connection_id) {
+                        false
+                    } else {
+                        s.connections.push(Connection {
+                            connection_id,
+                            client_tcp_address: client_addr,
+                            endpoint_tcp_address: endpoint_addr,
+                            bytes_up: 0,
+                            bytes_down: 0,
+                            status: "connected".into(),
+                            created_time: ms(at_ms),
+                            closed_time: None,
+                            closed_reason: None,
+                        });
+                        true
+                    }
+                }
+                WorkerEvent::ConnectionClosed {
+                    connection_id,
+                    bytes_up,
+                    bytes_down,
+                    reason,
+                    at_ms,
+                    ..
+                } => match s.connections.iter_mut().find(|c| c.connection_id == connection_id) {
+                    Some(c) if c.status != "closed" => {
+                        c.status = "closed".into();
+                        c.bytes_up = bytes_up;
+                        c.bytes_down = bytes_down;
+                        c.closed_reason = Some(reason);
+                        c.closed_time = Some(ms(at_ms));
+                        true
+                    }
+                    _ => false,
+                },
+                WorkerEvent::SessionClosed { reason, at_ms, .. } => {
+                    sessions::terminate(s, reason, ms(at_ms))
+                }
+            };
+            if !changed {
+                return Ok(());
+            }
+            let s = s.clone();
+            self.persist(vec![Write::Put(Table::Sessions, s.id.clone(), enc(&s))])
+        };
+        done.await
+    }
+
+    /// Terminates sessions whose end the worker cannot report: pending past expiry (never
+    /// used), and canceling or active ones the worker has not confirmed well past their time.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let now = Timestamp::now();
+        let grace = SignedDuration::from_secs(10);
+        let done = {
+            let mut st = self.state();
+            let mut writes = Vec::new();
+            for s in st.sessions.values_mut() {
+                let ended = match s.status() {
+                    SessionStatus::Pending if s.expiration_time <= now => {
+                        sessions::terminate(s, TerminationReason::TimedOut, now)
+                    }
+                    SessionStatus::Active if s.expiration_time + grace <= now => {
+                        sessions::terminate(s, TerminationReason::TimedOut, now)
+                    }
+                    SessionStatus::Canceling
+                        if s.states.first().is_some_and(|r| r.start_time + grace <= now) =>
+                    {
+                        sessions::terminate(s, TerminationReason::Canceled, now)
+                    }
+                    _ => false,
+                };
+                if ended {
+                    writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
+                }
+            }
+            let n = writes.len();
+            if n == 0 {
+                return Ok(0);
+            }
+            (n, self.persist(writes))
+        };
+        done.1.await?;
+        Ok(done.0)
+    }
+}
+
+fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
+    use dev_ids::*;
+    let mut writes = Vec::new();
+    let mut put = |id: &str, v: Vec<u8>| writes.push(Write::Put(Table::Resources, id.to_owned(), v));
+    let org = Scope {
+        id: ORG.into(),
+        kind: "org".into(),
+        name: "Generated org scope".into(),
+        description: "Provides an initial org scope in Sluice".into(),
+        parent_scope_id: "global".into(),
+    };
+    let project = Scope {
+        id: PROJECT.into(),
+        kind: "project".into(),
+        name: "Generated project scope".into(),
+        description: "Provides an initial project scope in Sluice".into(),
+        parent_scope_id: ORG.into(),
+    };
+    for s in [org, project] {
+        put(&s.id, enc(&s));
+        state.scopes.insert(s.id.clone(), s);
+    }
+    let people = [
+        (ADMIN_USER, ADMIN_ACCOUNT, &seed.login_name, &seed.password, true),
+        (USER, USER_ACCOUNT, &seed.unprivileged_login_name, &seed.unprivileged_password, false),
+    ];
+    for (user_id, account_id, login, password, admin) in people {
+        let user = User {
+            id: user_id.into(),
+            scope_id: "global".into(),
+            name: login.clone(),
+            admin,
+        };
+        // Keep the stored hash when the password is unchanged: hashing is deliberately slow.
+        let keep = state.accounts.get(account_id).filter(|a| {
+            a.login_name == *login
+                && PasswordHash::new(&a.password_hash)
+                    .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
+        });
+        let account = match keep {
+            Some(a) => a.clone(),
+            None => Account {
+                id: account_id.into(),
+                auth_method_id: AUTH_METHOD.into(),
+                login_name: login.clone(),
+                password_hash: hash_password(password),
+                user_id: user_id.into(),
+            },
+        };
+        put(&user.id, enc(&user));
+        put(&account.id, enc(&account));
+        state.users.insert(user.id.clone(), user);
+        state.accounts.insert(account.id.clone(), account);
+    }
+    let catalog = HostCatalog {
+        id: HOST_CATALOG.into(),
+        scope_id: PROJECT.into(),
+        name: "Generated host catalog".into(),
+    };
+    let host = Host {
+        id: HOST.into(),
+        catalog_id: HOST_CATALOG.into(),
+        address: seed.host_address.clone(),
+    };
+    let set = HostSet {
+        id: HOST_SET.into(),
+        catalog_id: HOST_CATALOG.into(),
+        host_ids: vec![HOST.into()],
+    };
+    put(&catalog.id, enc(&catalog));
+    put(&host.id, enc(&host));
+    put(&set.id, enc(&set));
+    state.catalogs.insert(catalog.id.clone(), catalog);
+    state.hosts.insert(host.id.clone(), host);
+    state.host_sets.insert(set.id.clone(), set);
+    let target = |id: &str, name: &str, address: Option<String>, sources: Vec<String>| Target {
+        id: id.into(),
+        scope_id: PROJECT.into(),
+        name: name.into(),
+        description: String::new(),
+        address,
+        host_source_ids: sources,
+        default_port: seed.target_default_port,
+        default_client_port: 0,
+        session_max_seconds: seed.target_session_max_seconds,
+        session_connection_limit: seed.target_session_connection_limit,
+        version: 1,
+        created_time: now,
+        updated_time: now,
+    };
+    for t in [
+        target(TARGET, "Generated target with a host source", None, vec![HOST_SET.into()]),
+        target(
+            TARGET_DIRECT,
+            "Generated target with a direct address",
+            Some(seed.host_address.clone()),
+            vec![],
+        ),
+    ] {
+        let t = match state.targets.get(&t.id) {
+            Some(old) => Target {
+                created_time: old.created_time,
+                version: old.version,
+                ..t
+            },
+            None => t,
+        };
+        put(&t.id, enc(&t));
+        state.targets.insert(t.id.clone(), t);
+    }
+    writes
+}

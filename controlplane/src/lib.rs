@@ -1,0 +1,14 @@
+//! The Sluice controller: Boundary's model, a durable store, the session state machine, the
+//! token issuer and the HTTP API.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod controller;
+pub mod ids;
+pub mod model;
+pub mod pki;
+pub mod sessions;
+pub mod store;
+
+pub use controller::{Controller, DevSeed, WorkerInfo, WorkerLink};
+pub use store::{RedbStore, Store};

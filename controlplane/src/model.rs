@@ -1,0 +1,179 @@
+//! Boundary's resources as stored and served. Field names follow Boundary's JSON.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sluice_proto::{ConnectionClosedReason, TerminationReason};
+
+/// A scope: `global`, an org `o_…` or a project `p_…`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scope {
+    pub id: String,
+    /// `global`, `org` or `project`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub parent_scope_id: String,
+}
+
+/// A user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub scope_id: String,
+    pub name: String,
+    pub admin: bool,
+}
+
+/// A password account of an auth method.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Account {
+    pub id: String,
+    pub auth_method_id: String,
+    pub login_name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub user_id: String,
+}
+
+/// An auth token. Only the SHA-256 of its secret is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuthToken {
+    pub id: String,
+    pub user_id: String,
+    pub account_id: String,
+    pub auth_method_id: String,
+    pub secret_sha256: String,
+    pub created_time: Timestamp,
+    pub expiration_time: Timestamp,
+}
+
+/// A static host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    pub id: String,
+    pub catalog_id: String,
+    pub address: String,
+}
+
+/// A static host set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostSet {
+    pub id: String,
+    pub catalog_id: String,
+    pub host_ids: Vec<String>,
+}
+
+/// A static host catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostCatalog {
+    pub id: String,
+    pub scope_id: String,
+    pub name: String,
+}
+
+/// A TCP target: a direct address or host sources, never both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Target {
+    pub id: String,
+    pub scope_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub host_source_ids: Vec<String>,
+    pub default_port: u16,
+    #[serde(default)]
+    pub default_client_port: u16,
+    pub session_max_seconds: u32,
+    pub session_connection_limit: i32,
+    pub version: u32,
+    pub created_time: Timestamp,
+    pub updated_time: Timestamp,
+}
+
+/// Session states, in lifecycle order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Pending,
+    Active,
+    Canceling,
+    Terminated,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Canceling => "canceling",
+            Self::Terminated => "terminated",
+        }
+    }
+}
+
+/// One row of a session's state history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionState {
+    pub status: SessionStatus,
+    pub start_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Timestamp>,
+}
+
+/// One proxied connection of a session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connection {
+    pub connection_id: String,
+    pub client_tcp_address: String,
+    pub endpoint_tcp_address: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// `connected` or `closed`.
+    pub status: String,
+    pub created_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_reason: Option<ConnectionClosedReason>,
+}
+
+/// A session, with its state history newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub target_id: String,
+    pub scope_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub host_id: String,
+    #[serde(default)]
+    pub host_set_id: String,
+    pub auth_token_id: String,
+    /// `tcp://host:port`.
+    pub endpoint: String,
+    pub worker_id: String,
+    pub connection_limit: i32,
+    pub created_time: Timestamp,
+    pub updated_time: Timestamp,
+    pub expiration_time: Timestamp,
+    pub version: u32,
+    pub states: Vec<SessionState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<TerminationReason>,
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+}
+
+impl Session {
+    /// The current status (the newest history row).
+    pub fn status(&self) -> SessionStatus {
+        self.states
+            .first()
+            .map_or(SessionStatus::Pending, |s| s.status)
+    }
+}

@@ -1,0 +1,350 @@
+//! The worker's session registry: admission, binding, counting and ending sessions.
+//!
+//! This is the only state the worker threads share. Its lock is taken when a session is
+//! admitted, a connection opens or closes, or a session ends, never while bytes move.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_proto::cluster::WorkerEvent;
+use sluice_proto::frames::NONCE_LEN;
+use sluice_proto::{
+    AuthzToken, ConnectionClosedReason, KeySet, Refusal, RefusalKind, SignedToken, TerminationReason,
+    TokenError,
+};
+use tokio::sync::{mpsc, watch};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Shared by every worker thread.
+pub(crate) struct Registry {
+    worker_id: String,
+    keys: RwLock<KeySet>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<String, Arc<LiveSession>>,
+    /// Sessions that ended (or were canceled before use), kept until their token expires so the
+    /// token cannot start them again.
+    ended: HashMap<String, (TerminationReason, u64)>,
+}
+
+/// A session admitted on this worker.
+pub(crate) struct LiveSession {
+    pub claims: AuthzToken,
+    nonce: [u8; NONCE_LEN],
+    counters: Mutex<Counters>,
+    end_tx: watch::Sender<Option<TerminationReason>>,
+    next_connection: AtomicU64,
+    registry: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Counters {
+    used: u32,
+    open: u32,
+    ended: Option<TerminationReason>,
+    closed_reported: bool,
+}
+
+/// Whether a hello created the session or joined a live one.
+pub(crate) enum Admitted {
+    /// First client: the caller must arm the expiry timer.
+    New(Arc<LiveSession>),
+    /// The same client again (for example a second QUIC connection of one `connect`).
+    Existing(Arc<LiveSession>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves counters that are still consistent enough to end
+    // sessions; recover rather than cascade the panic through every thread.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    pub fn new(worker_id: String, keys: KeySet, events: mpsc::UnboundedSender<WorkerEvent>) -> Self {
+        Self {
+            worker_id,
+            keys: RwLock::new(keys),
+            events,
+            inner: Mutex::default(),
+        }
+    }
+
+    pub fn set_keys(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    pub fn emit(&self, event: WorkerEvent) {
+        // The receiver is gone only while the process shuts down; nothing to report to then.
+        let _ = self.events.send(event);
+    }
+
+    /// Verifies a token and admits its session for the client holding `nonce`.
+    pub fn admit(
+        self: &Arc<Self>,
+        token: &[u8],
+        nonce: [u8; NONCE_LEN],
+        now: u64,
+    ) -> Result<Admitted, Refusal> {
+        let signed = SignedToken::decode_binary(token).map_err(token_refusal)?;
+        let claims = {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            keys.verify(&signed, now, &self.worker_id)
+                .map_err(token_refusal)?
+        };
+        let mut inner = lock(&self.inner);
+        inner.ended.retain(|_, (_, expires)| *expires > now);
+        if let Some((reason, _)) = inner.ended.get(&claims.session_id) {
+            return Err(ended_refusal(&claims.session_id, *reason));
+        }
+        if let Some(s) = inner.live.get(&claims.session_id) {
+            if s.nonce != nonce {
+                return Err(Refusal::new(
+                    RefusalKind::AlreadyBound,
+                    format!(
+                        "session {} is already in use by another client; a token works only from the \
+                         `sluice connect` that first used it, so authorize a new session",
+                        claims.session_id
+                    ),
+                ));
+            }
+            return Ok(Admitted::Existing(s.clone()));
+        }
+        let (end_tx, _) = watch::channel(None);
+        let session = Arc::new(LiveSession {
+            nonce,
+            counters: Mutex::default(),
+            end_tx,
+            next_connection: AtomicU64::new(1),
+            registry: self.clone(),
+            claims,
+        });
+        inner
+            .live
+            .insert(session.claims.session_id.clone(), session.clone());
+        drop(inner);
+        self.emit(WorkerEvent::SessionActivated {
+            session_id: session.claims.session_id.clone(),
+            at_ms: unix_ms(),
+        });
+        Ok(Admitted::New(session))
+    }
+
+    /// Ends a session at the controller's request (cancel). A session this worker has not seen
+    /// yet is remembered until `expires_at` so its token is refused if it arrives later.
+    pub fn end_session(&self, session_id: &str, reason: TerminationReason, expires_at: u64) {
+        let live = lock(&self.inner).live.get(session_id).cloned();
+        match live {
+            Some(s) => s.end(reason),
+            None => {
+                let mut inner = lock(&self.inner);
+                inner
+                    .ended
+                    .entry(session_id.to_owned())
+                    .or_insert((reason, expires_at));
+                drop(inner);
+                self.emit(WorkerEvent::SessionClosed {
+                    session_id: session_id.to_owned(),
+                    reason,
+                    at_ms: unix_ms(),
+                });
+            }
+        }
+    }
+
+    /// Ends every live session (worker shutdown).
+    pub fn end_all(&self, reason: TerminationReason) {
+        let live: Vec<_> = lock(&self.inner).live.values().cloned().collect();
+        for s in live {
+            s.end(reason);
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn live_sessions(&self) -> usize {
+        lock(&self.inner).live.len()
+    }
+
+    fn retire(&self, session: &LiveSession, reason: TerminationReason) {
+        let mut inner = lock(&self.inner);
+        inner.live.remove(&session.claims.session_id);
+        inner.ended.insert(
+            session.claims.session_id.clone(),
+            (reason, session.claims.expires_at),
+        );
+    }
+}
+
+fn token_refusal(e: TokenError) -> Refusal {
+    let kind = match e {
+        TokenError::Expired { .. } => RefusalKind::Expired,
+        TokenError::WrongWorker { .. } => RefusalKind::WrongWorker,
+        _ => RefusalKind::InvalidToken,
+    };
+    Refusal::new(kind, e.to_string())
+}
+
+fn ended_refusal(session_id: &str, reason: TerminationReason) -> Refusal {
+    let kind = match reason {
+        TerminationReason::Canceled => RefusalKind::Canceled,
+        TerminationReason::TimedOut => RefusalKind::Expired,
+        TerminationReason::ConnectionLimit => RefusalKind::ConnectionLimit,
+        _ => RefusalKind::Terminated,
+    };
+    Refusal::new(
+        kind,
+        format!(
+            "session {session_id} has ended ({}); authorize a new session",
+            reason.as_str()
+        ),
+    )
+}
+
+/// An admitted proxied connection; report its end with [`LiveSession::close_connection`].
+pub(crate) struct ConnectionTicket {
+    pub id: String,
+    pub connections_left: i32,
+}
+
+impl LiveSession {
+    /// Counts a new connection against the limit.
+    pub fn open_connection(&self) -> Result<ConnectionTicket, Refusal> {
+        let mut c = lock(&self.counters);
+        if let Some(reason) = c.ended {
+            return Err(ended_refusal(&self.claims.session_id, reason));
+        }
+        let limit = self.claims.connection_limit;
+        if limit >= 0 && c.used >= limit as u32 {
+            return Err(Refusal::new(
+                RefusalKind::ConnectionLimit,
+                format!(
+                    "session {} has used all {limit} of its connections; authorize a new session",
+                    self.claims.session_id
+                ),
+            ));
+        }
+        c.used += 1;
+        c.open += 1;
+        let left = if limit < 0 { -1 } else { limit - c.used as i32 };
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionTicket {
+            id: format!("sc_{}_{n}", self.claims.session_id.trim_start_matches("s_")),
+            connections_left: left,
+        })
+    }
+
+    /// Records that a connection closed, and ends the session when its limit is used up.
+    pub fn close_connection(
+        &self,
+        ticket: &ConnectionTicket,
+        bytes_up: u64,
+        bytes_down: u64,
+        reason: ConnectionClosedReason,
+    ) {
+        self.registry.emit(WorkerEvent::ConnectionClosed {
+            session_id: self.claims.session_id.clone(),
+            connection_id: ticket.id.clone(),
+            bytes_up,
+            bytes_down,
+            reason,
+            at_ms: unix_ms(),
+        });
+        self.release();
+    }
+
+    /// Gives back a connection that was counted but never reached its target. It still counts
+    /// against the limit, as Boundary counts every authorized connection.
+    pub fn abandon_connection(&self) {
+        self.release();
+    }
+
+    fn release(&self) {
+        let mut c = lock(&self.counters);
+        c.open = c.open.saturating_sub(1);
+        let limit = self.claims.connection_limit;
+        let used_up = limit >= 0 && c.used >= limit as u32;
+        if c.open == 0 {
+            if c.ended.is_none() && used_up {
+                drop(c);
+                self.end(TerminationReason::ConnectionLimit);
+            } else if let Some(reason) = c.ended {
+                self.report_closed(c, reason);
+            }
+        }
+    }
+
+    /// Ends the session: every connection of it closes and no new one is admitted. Idempotent;
+    /// the first reason wins.
+    pub fn end(&self, reason: TerminationReason) {
+        let mut c = lock(&self.counters);
+        if c.ended.is_some() {
+            return;
+        }
+        c.ended = Some(reason);
+        self.registry.retire(self, reason);
+        self.end_tx.send_replace(Some(reason));
+        if c.open == 0 {
+            self.report_closed(c, reason);
+        }
+    }
+
+    fn report_closed(&self, mut c: MutexGuard<'_, Counters>, reason: TerminationReason) {
+        if c.closed_reported {
+            return;
+        }
+        c.closed_reported = true;
+        drop(c);
+        self.registry.emit(WorkerEvent::SessionClosed {
+            session_id: self.claims.session_id.clone(),
+            reason,
+            at_ms: unix_ms(),
+        });
+    }
+
+    /// The reason the session ended, if it has.
+    pub fn ended(&self) -> Option<TerminationReason> {
+        lock(&self.counters).ended
+    }
+
+    /// Resolves when the session ends, with the reason.
+    pub async fn wait_end(&self) -> TerminationReason {
+        let mut rx = self.end_tx.subscribe();
+        loop {
+            if let Some(r) = *rx.borrow_and_update() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return TerminationReason::SystemError;
+            }
+        }
+    }
+
+    pub fn emit_opened(&self, ticket: &ConnectionTicket, client_addr: String, endpoint_addr: String) {
+        self.registry.emit(WorkerEvent::ConnectionOpened {
+            session_id: self.claims.session_id.clone(),
+            connection_id: ticket.id.clone(),
+            client_addr,
+            endpoint_addr,
+            at_ms: unix_ms(),
+        });
+    }
+}

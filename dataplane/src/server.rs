@@ -1,0 +1,472 @@
+//! The worker: per-core threads, each with its own QUIC endpoint on a shared `SO_REUSEPORT` port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_proto::cluster::WorkerEvent;
+use sluice_proto::frames::Frame;
+use sluice_proto::{ConnectionClosedReason, KeySet, Refusal, RefusalKind, TerminationReason};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::registry::{unix_now, Admitted, LiveSession, Registry};
+use crate::relay::{relay, Counts, Outcome};
+use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id; tokens must name it.
+    pub worker_id: String,
+    /// UDP address of the QUIC listener (port 0 picks one).
+    pub listen_addr: SocketAddr,
+    /// Runtime threads; 0 means one per core.
+    pub threads: usize,
+    /// The worker certificate followed by the cluster CA certificate.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The worker certificate's private key (DER).
+    pub key_der: Vec<u8>,
+    /// Time a client has to complete the QUIC handshake and present its token.
+    pub handshake_timeout: Duration,
+    /// Time allowed to connect to a target.
+    pub dial_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for a worker with this identity and listener.
+    pub fn new(
+        worker_id: String,
+        listen_addr: SocketAddr,
+        cert_chain: Vec<CertificateDer<'static>>,
+        key_der: Vec<u8>,
+    ) -> Self {
+        Self {
+            worker_id,
+            listen_addr,
+            threads: 0,
+            cert_chain,
+            key_der,
+            handshake_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running worker. Dropping it does not stop it; call [`Worker::shutdown`].
+pub struct Worker {
+    registry: Arc<Registry>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds a UDP socket that other worker threads can bind too (`SO_REUSEPORT`), with receive and
+/// send buffers raised: the default 208 KiB loses thousands of packets per GiB on loopback.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Worker {
+    /// Binds the listener on every thread and starts serving. Events go to `events`.
+    pub fn start(
+        config: WorkerConfig,
+        keys: KeySet,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+    ) -> std::io::Result<Self> {
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let server_config = crate::tls::server_config(
+            config.cert_chain.clone(),
+            PrivateKeyDer::try_from(config.key_der.clone())
+                .map_err(|e| std::io::Error::other(format!("worker key: {e}")))?,
+        )
+        .map_err(|e| std::io::Error::other(format!("worker TLS config: {e}")))?;
+        let first = bind_udp(config.listen_addr)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..threads {
+            sockets.push(bind_udp(local_addr)?);
+        }
+        let registry = Arc::new(Registry::new(config.worker_id.clone(), keys, events));
+        let (stop, _) = watch::channel(false);
+        let config = Arc::new(config);
+        let mut handles = Vec::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let registry = registry.clone();
+            let server_config = server_config.clone();
+            let stop = stop.subscribe();
+            let config = config.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-worker-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            warn!(error = %e, "worker thread could not start its runtime");
+                            return;
+                        }
+                    };
+                    let span = info_span!("worker", thread = i);
+                    rt.block_on(
+                        serve(registry, config, server_config, socket, stop).instrument(span),
+                    );
+                })?;
+            handles.push(handle);
+        }
+        info!(addr = %local_addr, threads, "worker listening");
+        Ok(Self {
+            registry,
+            local_addr,
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// The UDP address clients reach the worker at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Replaces the token-verification keys.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.registry.set_keys(keys);
+    }
+
+    /// Ends a session now: its connections close and its token is refused from here on.
+    pub fn cancel_session(&self, session_id: &str, expires_at: u64) {
+        self.registry
+            .end_session(session_id, TerminationReason::Canceled, expires_at);
+    }
+
+    /// Sessions with a client attached.
+    pub fn live_sessions(&self) -> usize {
+        self.registry.live_sessions()
+    }
+
+    /// Ends every session with `system error`, tells clients, and stops the threads.
+    pub fn shutdown(self) {
+        self.registry.end_all(TerminationReason::SystemError);
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(
+    registry: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+    server_config: quinn::ServerConfig,
+    socket: std::net::UdpSocket,
+    mut stop: watch::Receiver<bool>,
+) {
+    let endpoint = match quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "could not start QUIC endpoint");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let registry = registry.clone();
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    handle_connection(registry, config, incoming)
+                        .instrument(info_span!("client", %remote))
+                        .await;
+                });
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    // Let the close frames of ended sessions reach their clients.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
+    debug!(kind = ?refusal.kind, message = %refusal.message, "refused client");
+    conn.close(
+        (CLOSE_REFUSED_BASE + u32::from(refusal.kind.wire())).into(),
+        refusal.message.as_bytes(),
+    );
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Result<Frame, Refusal> {
+    loop {
+        match Frame::decode(buf) {
+            Ok(Some((frame, used))) => {
+                buf.advance(used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Refusal::new(RefusalKind::Protocol, format!("bad frame from client: {e}")))
+            }
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(Refusal::new(
+                    RefusalKind::Protocol,
+                    "client closed the stream before sending its header",
+                ))
+            }
+            Err(e) => return Err(Refusal::new(RefusalKind::Protocol, format!("stream: {e}"))),
+        }
+    }
+}
+
+async fn handle_connection(
+    registry: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+    incoming: quinn::Incoming,
+) {
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return;
+        }
+    };
+    let hello = async {
+        let (send, mut recv) = conn.accept_bi().await.map_err(|e| {
+            Refusal::new(RefusalKind::Protocol, format!("no control stream: {e}"))
+        })?;
+        let mut buf = BytesMut::new();
+        let frame = read_frame(&mut recv, &mut buf).await?;
+        let Frame::ClientHello { nonce, token } = frame else {
+            return Err(Refusal::new(RefusalKind::Protocol, "expected a client hello"));
+        };
+        let admitted = registry.admit(&token, nonce, unix_now())?;
+        Ok((admitted, send, recv))
+    };
+    let (admitted, control_send, _control_recv) =
+        match tokio::time::timeout_at(deadline, hello).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(refusal)) => return refuse(&conn, &refusal),
+            Err(_) => {
+                return refuse(
+                    &conn,
+                    &Refusal::new(
+                        RefusalKind::Protocol,
+                        "timed out waiting for the client to present its token",
+                    ),
+                )
+            }
+        };
+    let session = match admitted {
+        Admitted::New(s) => {
+            arm_expiry(s.clone());
+            s
+        }
+        Admitted::Existing(s) => s,
+    };
+    let span = info_span!("session", id = %session.claims.session_id);
+    serve_session(session, config, conn, control_send)
+        .instrument(span)
+        .await;
+}
+
+fn arm_expiry(session: Arc<LiveSession>) {
+    let secs_left = session.claims.expires_at.saturating_sub(unix_now());
+    let at = tokio::time::Instant::now() + Duration::from_secs(secs_left);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => session.end(TerminationReason::TimedOut),
+            _ = session.wait_end() => {}
+        }
+    });
+}
+
+async fn serve_session(
+    session: Arc<LiveSession>,
+    config: Arc<WorkerConfig>,
+    conn: quinn::Connection,
+    mut control: quinn::SendStream,
+) {
+    let left = match session.claims.connection_limit {
+        l if l < 0 => -1,
+        l => l,
+    };
+    let accepted = Frame::HelloAccepted {
+        connections_left: left,
+        expires_at: session.claims.expires_at,
+    };
+    if control.write_all(&accepted.to_vec()).await.is_err() {
+        session.end(TerminationReason::NetworkError);
+        return;
+    }
+    info!("client admitted");
+    let remote = conn.remote_address().to_string();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let session = session.clone();
+                    let config = config.clone();
+                    let remote = remote.clone();
+                    tokio::spawn(async move {
+                        handle_stream(session, config, send, recv, remote).await;
+                    }.in_current_span());
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        quinn::ConnectionError::ApplicationClosed(c)
+                            if c.error_code == CLOSE_CLIENT_DONE.into() =>
+                        {
+                            TerminationReason::ClosedByEndUser
+                        }
+                        quinn::ConnectionError::LocallyClosed => {
+                            session.ended().unwrap_or(TerminationReason::SystemError)
+                        }
+                        _ => TerminationReason::NetworkError,
+                    };
+                    info!(error = %e, reason = reason.as_str(), "client connection ended");
+                    session.end(reason);
+                    return;
+                }
+            },
+            reason = session.wait_end() => {
+                info!(reason = reason.as_str(), "session ended; closing client connection");
+                conn.close(reason.close_code().into(), reason.as_str().as_bytes());
+                return;
+            }
+        }
+    }
+}
+
+async fn handle_stream(
+    session: Arc<LiveSession>,
+    config: Arc<WorkerConfig>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    client_addr: String,
+) {
+    let mut buf = BytesMut::new();
+    let header = tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv, &mut buf)).await;
+    match header {
+        Ok(Ok(Frame::StreamOpen)) => {}
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            let _ = recv.stop(0u32.into());
+            let _ = send.reset(0u32.into());
+            return;
+        }
+    }
+    let ticket = match session.open_connection() {
+        Ok(t) => t,
+        Err(refusal) => {
+            let _ = send.write_all(&Frame::Refused(refusal).to_vec()).await;
+            let _ = send.finish();
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    };
+    let endpoint = session.claims.endpoint.clone();
+    let dial = tokio::time::timeout(config.dial_timeout, TcpStream::connect(endpoint.as_str())).await;
+    let tcp = match dial {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return refuse_stream(&session, send, recv, format!("the worker could not connect to {endpoint}: {e}")).await
+        }
+        Err(_) => {
+            return refuse_stream(
+                &session,
+                send,
+                recv,
+                format!("the worker timed out connecting to {endpoint} after {:?}", config.dial_timeout),
+            )
+            .await
+        }
+    };
+    let endpoint_addr = tcp.peer_addr().map_or(endpoint.clone(), |a| a.to_string());
+    if send
+        .write_all(&Frame::StreamAccepted {
+            connections_left: ticket.connections_left,
+        }
+        .to_vec())
+        .await
+        .is_err()
+    {
+        session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
+        return;
+    }
+    session.emit_opened(&ticket, client_addr, endpoint_addr);
+    let started = Instant::now();
+    let counts = Counts::default();
+    let reason = tokio::select! {
+        outcome = relay(tcp, send, recv, buf.freeze(), &counts) => match outcome {
+            Outcome::Done => ConnectionClosedReason::ClosedByEndUser,
+            Outcome::Failed(e) => {
+                match session.ended() {
+                    Some(r) => ConnectionClosedReason::from_termination(r),
+                    None => {
+                        debug!(error = %e, "connection failed");
+                        ConnectionClosedReason::NetworkError
+                    }
+                }
+            }
+        },
+        r = session.wait_end() => ConnectionClosedReason::from_termination(r),
+    };
+    let up = counts.quic_to_tcp.load(std::sync::atomic::Ordering::Relaxed);
+    let down = counts.tcp_to_quic.load(std::sync::atomic::Ordering::Relaxed);
+    debug!(id = %ticket.id, up, down, elapsed = ?started.elapsed(), reason = reason.as_str(), "connection closed");
+    session.close_connection(&ticket, up, down, reason);
+}
+
+async fn refuse_stream(
+    session: &LiveSession,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    message: String,
+) {
+    warn!(%message, "target unreachable");
+    let _ = send
+        .write_all(&Frame::Refused(Refusal::new(RefusalKind::TargetUnreachable, message)).to_vec())
+        .await;
+    let _ = send.finish();
+    let _ = recv.stop(0u32.into());
+    session.abandon_connection();
+}

@@ -1,0 +1,152 @@
+//! TLS for the worker's QUIC endpoint, and the client's pinned-CA verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// The DNS name in every worker certificate; the client checks it.
+pub const WORKER_SERVER_NAME: &str = "worker.sluice.internal";
+
+/// The crypto provider used everywhere: ring (aws-lc-rs costs ~90 s of build).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of a certificate's DER: how tokens pin the cluster CA.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    Sha256::digest(cert.as_ref()).into()
+}
+
+/// Transport settings shared by both ends: windows sized for loopback and LAN bandwidth-delay
+/// products, and an idle timeout that ends the sessions of a client that vanished.
+pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(4096u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((32u32 << 20).into())
+        .send_window(32 << 20)
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid idle timeout"),
+        ));
+    if keep_alive {
+        t.keep_alive_interval(Some(Duration::from_secs(10)));
+    }
+    t
+}
+
+/// The worker's QUIC server configuration.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("quic server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(false)));
+    Ok(cfg)
+}
+
+/// The client's QUIC configuration: trusts only a worker whose chain includes the CA with
+/// `ca_fingerprint` (pinned in the token) and whose certificate that CA signed.
+pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            pin: ca_fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("quic client config: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(true)));
+    Ok(cfg)
+}
+
+/// Verifies a worker against the CA pinned in the token: the worker sends the CA certificate as
+/// the last element of its chain; it is trusted only if its SHA-256 matches the pin, and then
+/// the ordinary WebPKI checks run with it as the only root.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the worker's certificate does not chain to the cluster CA pinned in the token"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(format!("verifier: {e}")))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -17,7 +17,7 @@ mod server;
 pub mod tls;
 
 pub use registry::unix_now;
-pub use server::{Worker, WorkerConfig};
+pub use server::{Worker, WorkerConfig, WorkerHandle};
 
 /// QUIC application close code a client sends when its user ends the session.
 pub const CLOSE_CLIENT_DONE: u32 = 0x01;

@@ -152,6 +152,13 @@ impl Worker {
         self.local_addr
     }
 
+    /// A cheap handle for the cluster link: cancels and key updates.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            registry: self.registry.clone(),
+        }
+    }
+
     /// Replaces the token-verification keys.
     pub fn set_keys(&self, keys: KeySet) {
         self.registry.set_keys(keys);
@@ -175,6 +182,31 @@ impl Worker {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Cancels sessions and replaces keys on a running worker; cloneable and `Send`.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    /// Ends a session now: its connections close and its token is refused from here on.
+    pub fn cancel_session(&self, session_id: &str, expires_at: u64) {
+        self.registry
+            .end_session(session_id, TerminationReason::Canceled, expires_at);
+    }
+
+    /// Replaces the token-verification keys.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.registry.set_keys(keys);
     }
 }
 

@@ -1,0 +1,203 @@
+//! The controller API client and the commands that only talk to it.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use serde_json::{json, Value};
+
+use crate::args::{Common, Format, PasswordArgs, Sessions, Targets};
+use crate::output;
+
+/// A client of the controller's `/v1` API.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    pub fn new(common: &Common, token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("while creating the HTTP client")?;
+        Ok(Self {
+            http,
+            base: common.addr.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// A client that presents the user's auth token.
+    pub fn authed(common: &Common) -> anyhow::Result<Self> {
+        let token = crate::secrets::token(common.token.as_deref())?;
+        Self::new(common, Some(token))
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "could not reach the controller at {}: {e}; is `sluice dev` running, and is -addr/SLUICE_ADDR right?",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("while reading the controller's answer")?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = v["message"].as_str().map_or_else(|| text.trim().to_owned(), str::to_owned);
+            return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
+        }
+        Ok(v)
+    }
+
+    pub async fn authorize(&self, target_id: &str, host_id: Option<&str>) -> anyhow::Result<Value> {
+        let body = match host_id {
+            Some(h) => json!({"host_id": h}),
+            None => json!({}),
+        };
+        let v = self
+            .call(reqwest::Method::POST, &format!("/v1/targets/{target_id}:authorize-session"), Some(body))
+            .await
+            .with_context(|| format!("while authorizing a session to {target_id}"))?;
+        Ok(v["item"].clone())
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
+pub async fn authenticate(common: &Common, a: PasswordArgs) -> anyhow::Result<ExitCode> {
+    let password = match a.password {
+        Some(p) => crate::secrets::resolve(&p, "-password")?,
+        None => {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!(
+                    "no -password given and standard input is not a terminal to prompt on: pass -password env://VAR or -password file://PATH"
+                );
+            }
+            rpassword::prompt_password("Please enter the password (it will be hidden): ")
+                .context("while reading the password")?
+        }
+    };
+    let api = Api::new(common, None)?;
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/auth-methods/{}:authenticate", a.auth_method_id),
+            Some(json!({"command": "login", "attributes": {"login_name": a.login_name, "password": password}})),
+        )
+        .await?;
+    let attrs = &v["attributes"];
+    if common.format == Format::Json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = attrs["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the controller's answer has no token"))?;
+    let path = crate::secrets::store_token(token)?;
+    print!(
+        "\nAuthentication information:\n{}",
+        output::block(
+            4,
+            19,
+            &[
+                ("Account ID", attrs["account_id"].as_str().unwrap_or_default().to_owned()),
+                ("Auth Method ID", attrs["auth_method_id"].as_str().unwrap_or_default().to_owned()),
+                ("Expiration Time", output::rfc1123(&attrs["expiration_time"])),
+                ("User ID", attrs["user_id"].as_str().unwrap_or_default().to_owned()),
+            ],
+        )
+    );
+    println!("\nThe token was successfully stored in {}.", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn targets(common: &Common, t: Targets) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match t {
+        Targets::AuthorizeSession { id, host_id } => {
+            let item = api.authorize(&id, host_id.as_deref()).await?;
+            match common.format {
+                Format::Json => print_json(&json!({"status_code": 200, "item": item})),
+                Format::Table => print!("{}", output::authorization(&item)),
+            }
+        }
+        Targets::List { scope_id } => {
+            let v = api
+                .call(reqwest::Method::GET, &format!("/v1/targets?scope_id={scope_id}"), None)
+                .await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => {
+                    let items = v["items"].as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        println!("No targets found");
+                    } else {
+                        println!("\nTarget information:");
+                        for (i, it) in items.iter().enumerate() {
+                            if i > 0 {
+                                println!();
+                            }
+                            print!("{}", output::target(it));
+                        }
+                    }
+                }
+            }
+        }
+        Targets::Read { id } => {
+            let v = api.call(reqwest::Method::GET, &format!("/v1/targets/{id}"), None).await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sessions(common: &Common, s: Sessions) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    let v = match s {
+        Sessions::List {
+            scope_id,
+            include_terminated,
+        } => {
+            let v = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/sessions?scope_id={scope_id}&include_terminated={include_terminated}"),
+                    None,
+                )
+                .await?;
+            if common.format == Format::Table {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                print!("{}", output::session_list(&items));
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
+        Sessions::Read { id } => api.call(reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await?,
+        Sessions::Cancel { id, version } => {
+            let body = version.map_or_else(|| json!({}), |v| json!({"version": v}));
+            api.call(reqwest::Method::POST, &format!("/v1/sessions/{id}:cancel"), Some(body))
+                .await?
+        }
+    };
+    match common.format {
+        Format::Json => print_json(&v),
+        Format::Table => print!("{}", output::session_item(&v["item"])),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,291 @@
+//! Command-line surface (Boundary's spelling) and dispatch.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Go-style single-dash long flags (`-target-id`) become `--target-id`, as Boundary users type
+/// them. Single-letter flags, negative numbers, `-` and everything after `--` are left alone.
+pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || rest {
+            out.push(a);
+            continue;
+        }
+        match a.to_str() {
+            Some("--") => {
+                rest = true;
+                out.push(a);
+            }
+            Some(s)
+                if s.len() > 2
+                    && s.starts_with('-')
+                    && !s.starts_with("--")
+                    && s.as_bytes()[1].is_ascii_alphabetic() =>
+            {
+                out.push(format!("-{s}").into());
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Identity-aware session proxy")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Controller API address
+    #[arg(long, global = true, env = "SLUICE_ADDR", default_value = "http://127.0.0.1:9200")]
+    pub addr: String,
+    /// Auth token: the token itself, env://VAR or file://PATH (default: the stored token)
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a controller, a worker and a store in one process with generated resources
+    Dev(DevArgs),
+    /// Authenticate and store an auth token
+    #[command(subcommand)]
+    Authenticate(Authenticate),
+    /// Targets
+    #[command(subcommand)]
+    Targets(Targets),
+    /// Sessions
+    #[command(subcommand)]
+    Sessions(Sessions),
+    /// Open a session to a target and proxy a local port to it
+    Connect(ConnectArgs),
+    /// Use an authorization token (Boundary's pre-1.0 name for `connect -authz-token`)
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address of the API listener
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub api_addr: String,
+    /// Address of the worker's proxy listener (QUIC, UDP)
+    #[arg(long, default_value = "127.0.0.1:9202")]
+    pub proxy_addr: String,
+    /// Keep the store here across restarts (default: a temporary directory removed at exit)
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the generated host
+    #[arg(long, default_value = "localhost")]
+    pub host_address: String,
+    /// Default port of the generated targets
+    #[arg(long, default_value_t = 22)]
+    pub target_default_port: u16,
+    /// Maximum session length of the generated targets, in seconds
+    #[arg(long, default_value_t = 28_800)]
+    pub target_session_max_seconds: u32,
+    /// Connections a session of the generated targets allows (-1: unlimited)
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub target_session_connection_limit: i32,
+    /// Login name of the generated admin
+    #[arg(long, default_value = "admin")]
+    pub login_name: String,
+    /// Password of the generated admin
+    #[arg(long, default_value = "password")]
+    pub password: String,
+    /// Worker runtime threads (0: one per core)
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Authenticate {
+    /// With a login name and password
+    Password(PasswordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    #[arg(long, default_value = "ampw_1234567890")]
+    pub auth_method_id: String,
+    #[arg(long)]
+    pub login_name: String,
+    /// env://VAR, file://PATH or the password itself; prompted for when omitted
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Targets {
+    /// Authorize a session and print its authorization token
+    AuthorizeSession {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        host_id: Option<String>,
+    },
+    /// List the targets of a project
+    List {
+        #[arg(long)]
+        scope_id: String,
+    },
+    /// Read a target
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sessions {
+    /// List the sessions of a project
+    List {
+        #[arg(long)]
+        scope_id: String,
+        #[arg(long)]
+        include_terminated: bool,
+    },
+    /// Read a session
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Cancel a session
+    Cancel {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Helper {
+    Ssh,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Run a client through the proxy: ssh
+    #[arg(value_enum)]
+    pub helper: Option<Helper>,
+    #[arg(long)]
+    pub target_id: Option<String>,
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// An authorization token from `targets authorize-session`, or - to read it from stdin
+    #[arg(long, conflicts_with = "target_id")]
+    pub authz_token: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_addr: IpAddr,
+    #[arg(long, default_value_t = 0)]
+    pub listen_port: u16,
+    /// Run this command with {{sluice.ip}}, {{sluice.port}} and {{sluice.addr}} substituted
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// ssh helper: the remote user name
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Arguments passed to the client (after --)
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// An authorization token, or - to read it from stdin
+    #[arg(long)]
+    pub authz: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_addr: IpAddr,
+    #[arg(long, default_value_t = 0)]
+    pub listen_port: u16,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = cli.common;
+    match cli.command {
+        Command::Dev(a) => crate::dev::run(a).await,
+        Command::Authenticate(Authenticate::Password(a)) => crate::api::authenticate(&common, a).await,
+        Command::Targets(t) => crate::api::targets(&common, t).await,
+        Command::Sessions(s) => crate::api::sessions(&common, s).await,
+        Command::Connect(a) => crate::connect::run(&common, a).await,
+        Command::Proxy(p) => {
+            crate::connect::run(
+                &common,
+                ConnectArgs {
+                    helper: None,
+                    target_id: None,
+                    host_id: None,
+                    authz_token: Some(p.authz),
+                    listen_addr: p.listen_addr,
+                    listen_port: p.listen_port,
+                    exec: None,
+                    username: None,
+                    args: vec![],
+                },
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(v: &[&str]) -> Vec<String> {
+        normalize(v.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_are_accepted() {
+        assert_eq!(
+            norm(&["sluice", "connect", "-target-id", "t", "-listen-port=5", "--format", "json", "-", "-1", "-h", "--", "-o", "-foo"]),
+            ["sluice", "connect", "--target-id", "t", "--listen-port=5", "--format", "json", "-", "-1", "-h", "--", "-o", "-foo"]
+        );
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn the_seed_commands_parse() {
+        for line in [
+            "sluice connect ssh -target-id ttcp_1234567890 --",
+            "sluice sessions list -scope-id p_1234567890",
+            "sluice sessions read -id s_h7vBIhH5SZ",
+            "sluice sessions cancel -id s_h7vBIhH5SZ",
+            "sluice targets authorize-session -id ttcp_1234567890",
+            "sluice proxy -authz TOKEN",
+            "sluice dev -target-session-connection-limit -1 -api-addr 127.0.0.1:0",
+        ] {
+            let argv = normalize(line.split(' ').map(OsString::from).collect());
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+}

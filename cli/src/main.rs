@@ -1,0 +1,48 @@
+//! The `sluice` command: argument parsing and output; the work is in the libraries.
+//!
+//! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage;
+//! `connect -exec`/helpers exit with the client's own code.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+mod api;
+mod args;
+mod connect;
+mod dev;
+mod output;
+mod secrets;
+
+fn main() -> ExitCode {
+    let argv = args::normalize(std::env::args_os().collect());
+    let cli = match <args::Cli as clap::Parser>::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(args::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

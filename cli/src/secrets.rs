@@ -1,0 +1,62 @@
+//! Secret references (`env://VAR`, `file://PATH`) and the stored auth token.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+/// Resolves `env://VAR`, `file://PATH` or a literal value.
+pub fn resolve(value: &str, what: &str) -> anyhow::Result<String> {
+    if let Some(var) = value.strip_prefix("env://") {
+        return std::env::var(var).with_context(|| {
+            format!("{what} refers to environment variable {var}, which is not set (or not UTF-8)")
+        });
+    }
+    if let Some(path) = value.strip_prefix("file://") {
+        let s = std::fs::read_to_string(path)
+            .with_context(|| format!("{what} refers to file {path}, which could not be read"))?;
+        return Ok(s.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+fn token_path() -> anyhow::Result<PathBuf> {
+    let dir = dirs::config_dir()
+        .context("cannot find a config directory to keep the token in; set HOME or pass -token")?;
+    Ok(dir.join("sluice").join("token"))
+}
+
+/// Stores the auth token in a file readable only by the user.
+pub fn store_token(token: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_path()?;
+    let dir = path.parent().expect("token path has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("while writing {}", tmp.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The token to use: `-token`/`SLUICE_TOKEN` if given, else the stored one.
+pub fn token(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(t) = flag {
+        return resolve(t, "-token");
+    }
+    let path = token_path()?;
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "not authenticated: run `sluice authenticate password -login-name NAME` first, or pass -token"
+        ),
+        Err(e) => Err(e).with_context(|| format!("while reading the stored token {}", path.display())),
+    }
+}

@@ -36,6 +36,17 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// Parses normalized arguments. As with Go's flag package, a flag given twice takes the last
+/// value (scripts append overrides to a base command line).
+pub fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    fn last_wins(cmd: clap::Command) -> clap::Command {
+        cmd.args_override_self(true).mut_subcommands(last_wins)
+    }
+    let matches = last_wins(Cli::command()).try_get_matches_from(argv)?;
+    Cli::from_arg_matches(&matches)
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Identity-aware session proxy")]
 pub struct Cli {
@@ -269,6 +280,13 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_flag_takes_the_last_value() {
+        let argv = normalize(["sluice", "dev", "-proxy-addr", "127.0.0.1:0", "-proxy-addr", "127.0.0.1:5"].map(OsString::from).to_vec());
+        let Command::Dev(d) = parse(argv).unwrap().command else { panic!("dev") };
+        assert_eq!(d.proxy_addr, "127.0.0.1:5");
+    }
+
+    #[test]
     fn the_command_definition_is_consistent() {
         <Cli as clap::CommandFactory>::command().debug_assert();
     }
@@ -285,7 +303,7 @@ mod tests {
             "sluice dev -target-session-connection-limit -1 -api-addr 127.0.0.1:0",
         ] {
             let argv = normalize(line.split(' ').map(OsString::from).collect());
-            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
+            parse(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 }

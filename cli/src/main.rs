@@ -15,7 +15,7 @@ mod secrets;
 
 fn main() -> ExitCode {
     let argv = args::normalize(std::env::args_os().collect());
-    let cli = match <args::Cli as clap::Parser>::try_parse_from(argv) {
+    let cli = match args::parse(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

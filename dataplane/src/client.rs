@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use crate::relay::{relay, Counts, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
+/// How long the QUIC handshake and the token exchange may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a session could not be opened.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -116,10 +119,16 @@ impl ClientSession {
         endpoint.set_default_client_config(
             crate::tls::client_config(claims.ca_fingerprint).map_err(|e| unreachable(e.to_string()))?,
         );
-        let conn = endpoint
+        let connecting = endpoint
             .connect(worker, crate::tls::WORKER_SERVER_NAME)
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer within {HANDSHAKE_TIMEOUT:?}; is the worker running and is UDP to it allowed?"
+                ))
+            })?
             .map_err(|e| connection_error(addr, e))?;
         let nonce: [u8; NONCE_LEN] = rand::random();
         let token = bs58::decode_token(token_text)?;
@@ -145,7 +154,9 @@ impl ClientSession {
                 }
             }
         };
-        let (frame, send, recv) = hello.await?;
+        let (frame, send, recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello)
+            .await
+            .map_err(|_| unreachable(format!("the worker did not answer the token within {HANDSHAKE_TIMEOUT:?}")))??;
         match frame {
             Frame::HelloAccepted {
                 connections_left, ..

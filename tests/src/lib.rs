@@ -1,0 +1,354 @@
+//! Harness for end-to-end tests: starts `sluice dev`, an OpenSSH server and clients as real
+//! processes on 127.0.0.1, with every wait bounded.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `sluice` binary under test (built by `cargo build` before the tests run).
+pub fn sluice_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_BIN") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let bin = target.join("debug").join("sluice");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "sluice-cli", "--bin", "sluice"])
+            .current_dir(root)
+            .status()
+            .expect("cargo build runs");
+        assert!(status.success(), "building the sluice binary failed");
+    });
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback UDP port")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, failing the test after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_gently(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A child process whose stdout and stderr are collected in the background.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("process starts");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        for (pipe, buf) in [
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, stdout.clone()),
+            (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(pipe);
+                let mut line = String::new();
+                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    buf.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        }
+        Self { child, stdout, stderr }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for exit, failing the test after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait works") {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "process still running after {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        kill_gently(&mut self.child);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running `sluice dev` with its own config directory (so stored tokens never mix).
+pub struct Dev {
+    pub proc: Proc,
+    pub api: String,
+    pub home: tempfile::TempDir,
+    pub args: Vec<String>,
+}
+
+impl Dev {
+    /// Starts `sluice dev` on free loopback ports with `extra` flags, and logs in as admin.
+    pub fn start(extra: &[&str]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        Self::start_in(home, extra)
+    }
+
+    pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec![
+            "dev".into(),
+            "-api-addr".into(),
+            "127.0.0.1:0".into(),
+            "-proxy-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(&args)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("SLUICE_LOG", "info,quinn=warn");
+        let proc = Proc::spawn(cmd);
+        let mut proc = proc;
+        let api = wait_for("sluice dev to start", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("sluice dev exited ({status}):\n{}", proc.stderr());
+            }
+            let out = proc.stdout();
+            if !out.contains("server started") {
+                return None;
+            }
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix("API Address:").map(|a| a.trim().to_owned()))
+        });
+        let dev = Self { proc, api, home, args };
+        let out = dev.sluice(&["authenticate", "password", "-login-name", "admin", "-password", "env://SLUICE_TEST_PW"]);
+        assert!(out.status.success(), "authenticate failed: {}", text(&out.stderr));
+        dev
+    }
+
+    /// A `sluice` command against this controller, as its user.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args)
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .env("SLUICE_ADDR", &self.api)
+            .env("SLUICE_TEST_PW", "password")
+            .env_remove("SLUICE_TOKEN")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a `sluice` command to completion (bounded by 60 s).
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        let mut p = Proc::spawn(self.cmd(args));
+        let status = p.wait(Duration::from_secs(60));
+        Output {
+            status,
+            stdout: p.stdout().into_bytes(),
+            stderr: p.stderr().into_bytes(),
+        }
+    }
+
+    /// Runs a command that must succeed and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.sluice(args);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// The value of `Key:` in a table output.
+    pub fn field(out: &str, key: &str) -> Option<String> {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}:")).map(|v| v.trim().to_owned()))
+    }
+
+    /// `sessions read -id` as a string.
+    pub fn read_session(&self, id: &str) -> String {
+        self.ok(&["sessions", "read", "-id", id])
+    }
+
+    /// Waits until the session's status is `status`.
+    pub fn wait_status(&self, id: &str, status: &str, limit: Duration) -> String {
+        wait_for(&format!("session {id} to be {status}"), limit, || {
+            let out = self.read_session(id);
+            (Self::field(&out, "Status").as_deref() == Some(status)).then_some(out)
+        })
+    }
+
+    /// Stops the process (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        self.proc.stop();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A `sluice connect` (or `proxy`) left running, with its local port.
+pub struct Connect {
+    pub proc: Proc,
+    pub port: u16,
+    pub session_id: String,
+}
+
+impl Connect {
+    pub fn start(dev: &Dev, args: &[&str]) -> Self {
+        let proc = Proc::spawn(dev.cmd(args));
+        let (port, session_id) = wait_for("connect to listen", Duration::from_secs(30), || {
+            let out = proc.stdout();
+            let err = proc.stderr();
+            assert!(!err.contains("Error:"), "connect failed: {err}");
+            let port = Dev::field(&out, "Port")?.parse().ok()?;
+            let sid = Dev::field(&out, "Session ID")?;
+            Some((port, sid))
+        });
+        Self { proc, port, session_id }
+    }
+}
+
+/// An OpenSSH server on a free loopback port, accepting one generated key for the current user.
+pub struct Sshd {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub user: String,
+}
+
+impl Sshd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "client_key"] {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .expect("ssh-keygen runs (install openssh-client)");
+            assert!(st.success());
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        let user = text(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_owned();
+        let port = free_port();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+             UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), cfg).unwrap();
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd is installed (apt-get install openssh-server)");
+        let mut cmd = Command::new(sshd);
+        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
+        let proc = Proc::spawn(cmd);
+        wait_for("sshd to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self { proc, port, dir, user }
+    }
+
+    /// ssh options that authenticate with the generated key and skip host-key prompts.
+    pub fn client_opts(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.dir.path().join("client_key").display().to_string(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+        ]
+    }
+
+    /// An `ssh` command to `port` on 127.0.0.1 running `remote`.
+    pub fn ssh(&self, port: u16, remote: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.client_opts())
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-l")
+            .arg(&self.user)
+            .arg("127.0.0.1")
+            .arg(remote)
+            .stdin(Stdio::null());
+        c
+    }
+}

@@ -35,7 +35,12 @@ impl Api {
         Self::new(common, Some(token))
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -51,10 +56,15 @@ impl Api {
             )
         })?;
         let status = resp.status();
-        let text = resp.text().await.context("while reading the controller's answer")?;
+        let text = resp
+            .text()
+            .await
+            .context("while reading the controller's answer")?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = v["message"].as_str().map_or_else(|| text.trim().to_owned(), str::to_owned);
+            let msg = v["message"]
+                .as_str()
+                .map_or_else(|| text.trim().to_owned(), str::to_owned);
             return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
         }
         Ok(v)
@@ -66,7 +76,11 @@ impl Api {
             None => json!({}),
         };
         let v = self
-            .call(reqwest::Method::POST, &format!("/v1/targets/{target_id}:authorize-session"), Some(body))
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/targets/{target_id}:authorize-session"),
+                Some(body),
+            )
             .await
             .with_context(|| format!("while authorizing a session to {target_id}"))?;
         Ok(v["item"].clone())
@@ -113,10 +127,25 @@ pub async fn authenticate(common: &Common, a: PasswordArgs) -> anyhow::Result<Ex
             4,
             19,
             &[
-                ("Account ID", attrs["account_id"].as_str().unwrap_or_default().to_owned()),
-                ("Auth Method ID", attrs["auth_method_id"].as_str().unwrap_or_default().to_owned()),
-                ("Expiration Time", output::rfc1123(&attrs["expiration_time"])),
-                ("User ID", attrs["user_id"].as_str().unwrap_or_default().to_owned()),
+                (
+                    "Account ID",
+                    attrs["account_id"].as_str().unwrap_or_default().to_owned()
+                ),
+                (
+                    "Auth Method ID",
+                    attrs["auth_method_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                ),
+                (
+                    "Expiration Time",
+                    output::rfc1123(&attrs["expiration_time"])
+                ),
+                (
+                    "User ID",
+                    attrs["user_id"].as_str().unwrap_or_default().to_owned()
+                ),
             ],
         )
     );
@@ -136,7 +165,11 @@ pub async fn targets(common: &Common, t: Targets) -> anyhow::Result<ExitCode> {
         }
         Targets::List { scope_id } => {
             let v = api
-                .call(reqwest::Method::GET, &format!("/v1/targets?scope_id={scope_id}"), None)
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/targets?scope_id={scope_id}"),
+                    None,
+                )
                 .await?;
             match common.format {
                 Format::Json => print_json(&v),
@@ -157,7 +190,9 @@ pub async fn targets(common: &Common, t: Targets) -> anyhow::Result<ExitCode> {
             }
         }
         Targets::Read { id } => {
-            let v = api.call(reqwest::Method::GET, &format!("/v1/targets/{id}"), None).await?;
+            let v = api
+                .call(reqwest::Method::GET, &format!("/v1/targets/{id}"), None)
+                .await?;
             match common.format {
                 Format::Json => print_json(&v),
                 Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
@@ -177,7 +212,9 @@ pub async fn sessions(common: &Common, s: Sessions) -> anyhow::Result<ExitCode> 
             let v = api
                 .call(
                     reqwest::Method::GET,
-                    &format!("/v1/sessions?scope_id={scope_id}&include_terminated={include_terminated}"),
+                    &format!(
+                        "/v1/sessions?scope_id={scope_id}&include_terminated={include_terminated}"
+                    ),
                     None,
                 )
                 .await?;
@@ -188,11 +225,18 @@ pub async fn sessions(common: &Common, s: Sessions) -> anyhow::Result<ExitCode> 
             }
             v
         }
-        Sessions::Read { id } => api.call(reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await?,
+        Sessions::Read { id } => {
+            api.call(reqwest::Method::GET, &format!("/v1/sessions/{id}"), None)
+                .await?
+        }
         Sessions::Cancel { id, version } => {
             let body = version.map_or_else(|| json!({}), |v| json!({"version": v}));
-            api.call(reqwest::Method::POST, &format!("/v1/sessions/{id}:cancel"), Some(body))
-                .await?
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{id}:cancel"),
+                Some(body),
+            )
+            .await?
         }
     };
     match common.format {

@@ -59,7 +59,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Controller API address
-    #[arg(long, global = true, env = "SLUICE_ADDR", default_value = "http://127.0.0.1:9200")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ADDR",
+        default_value = "http://127.0.0.1:9200"
+    )]
     pub addr: String,
     /// Auth token: the token itself, env://VAR or file://PATH (default: the stored token)
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
@@ -236,7 +241,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = cli.common;
     match cli.command {
         Command::Dev(a) => crate::dev::run(a).await,
-        Command::Authenticate(Authenticate::Password(a)) => crate::api::authenticate(&common, a).await,
+        Command::Authenticate(Authenticate::Password(a)) => {
+            crate::api::authenticate(&common, a).await
+        }
         Command::Targets(t) => crate::api::targets(&common, t).await,
         Command::Sessions(s) => crate::api::sessions(&common, s).await,
         Command::Connect(a) => crate::connect::run(&common, a).await,
@@ -274,15 +281,56 @@ mod tests {
     #[test]
     fn go_style_flags_are_accepted() {
         assert_eq!(
-            norm(&["sluice", "connect", "-target-id", "t", "-listen-port=5", "--format", "json", "-", "-1", "-h", "--", "-o", "-foo"]),
-            ["sluice", "connect", "--target-id", "t", "--listen-port=5", "--format", "json", "-", "-1", "-h", "--", "-o", "-foo"]
+            norm(&[
+                "sluice",
+                "connect",
+                "-target-id",
+                "t",
+                "-listen-port=5",
+                "--format",
+                "json",
+                "-",
+                "-1",
+                "-h",
+                "--",
+                "-o",
+                "-foo"
+            ]),
+            [
+                "sluice",
+                "connect",
+                "--target-id",
+                "t",
+                "--listen-port=5",
+                "--format",
+                "json",
+                "-",
+                "-1",
+                "-h",
+                "--",
+                "-o",
+                "-foo"
+            ]
         );
     }
 
     #[test]
     fn a_repeated_flag_takes_the_last_value() {
-        let argv = normalize(["sluice", "dev", "-proxy-addr", "127.0.0.1:0", "-proxy-addr", "127.0.0.1:5"].map(OsString::from).to_vec());
-        let Command::Dev(d) = parse(argv).unwrap().command else { panic!("dev") };
+        let argv = normalize(
+            [
+                "sluice",
+                "dev",
+                "-proxy-addr",
+                "127.0.0.1:0",
+                "-proxy-addr",
+                "127.0.0.1:5",
+            ]
+            .map(OsString::from)
+            .to_vec(),
+        );
+        let Command::Dev(d) = parse(argv).unwrap().command else {
+            panic!("dev")
+        };
         assert_eq!(d.proxy_addr, "127.0.0.1:5");
     }
 

@@ -27,7 +27,11 @@ fn expand(template: &str, ip: &str, port: u16, addr: &str) -> String {
     s
 }
 
-fn client_command(a: &ConnectArgs, local: SocketAddr, session: &ClientSession) -> Option<tokio::process::Command> {
+fn client_command(
+    a: &ConnectArgs,
+    local: SocketAddr,
+    session: &ClientSession,
+) -> Option<tokio::process::Command> {
     let ip = local.ip().to_string();
     let port = local.port();
     let addr = local.to_string();
@@ -157,7 +161,9 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
                     })
                     .await;
                 match end {
-                    StreamEnd::Refused(r) => eprintln!("Error: the worker refused the connection: {r}"),
+                    StreamEnd::Refused(r) => {
+                        eprintln!("Error: the worker refused the connection: {r}")
+                    }
                     StreamEnd::Failed(e) => tracing::debug!(error = %e, "connection failed"),
                     StreamEnd::Done(..) => {}
                 }
@@ -221,7 +227,12 @@ mod tests {
     #[test]
     fn templates_expand_in_both_namespaces() {
         assert_eq!(
-            super::expand("{{sluice.ip}}:{{boundary.port}} {{sluice.addr}}", "127.0.0.1", 5, "127.0.0.1:5"),
+            super::expand(
+                "{{sluice.ip}}:{{boundary.port}} {{sluice.addr}}",
+                "127.0.0.1",
+                5,
+                "127.0.0.1:5"
+            ),
             "127.0.0.1:5 127.0.0.1:5"
         );
     }

@@ -34,10 +34,15 @@ fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("worker-identity.json");
     if let Ok(bytes) = std::fs::read(&path) {
-        return serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is unreadable; remove it to generate a new identity", path.display()));
+        return serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is unreadable; remove it to generate a new identity",
+                path.display()
+            )
+        });
     }
-    let id = generate_worker_identity(tls::WORKER_SERVER_NAME).context("while generating the worker certificate")?;
+    let id = generate_worker_identity(tls::WORKER_SERVER_NAME)
+        .context("while generating the worker certificate")?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -51,7 +56,8 @@ fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn"));
+    let filter =
+        EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -62,7 +68,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let (_tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match &a.data_dir {
         Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("while creating {}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("while creating {}", d.display()))?;
             (None, d.clone())
         }
         None => {
@@ -74,13 +81,22 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
             (Some(t), p)
         }
     };
-    let api_addr: SocketAddr = a.api_addr.parse().with_context(|| format!("-api-addr {:?} is not an address:port", a.api_addr))?;
+    let api_addr: SocketAddr = a
+        .api_addr
+        .parse()
+        .with_context(|| format!("-api-addr {:?} is not an address:port", a.api_addr))?;
     let proxy_addr: SocketAddr = a
         .proxy_addr
         .parse()
         .with_context(|| format!("-proxy-addr {:?} is not an address:port", a.proxy_addr))?;
-    if a.host_address.contains(':') && !a.host_address.starts_with('[') && a.host_address.parse::<std::net::Ipv6Addr>().is_err() {
-        anyhow::bail!("-host-address {:?} must not include a port; use -target-default-port", a.host_address);
+    if a.host_address.contains(':')
+        && !a.host_address.starts_with('[')
+        && a.host_address.parse::<std::net::Ipv6Addr>().is_err()
+    {
+        anyhow::bail!(
+            "-host-address {:?} must not include a port; use -target-default-port",
+            a.host_address
+        );
     }
     let seed = DevSeed {
         login_name: a.login_name.clone(),
@@ -161,11 +177,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
 
     print!(
         "==> Sluice dev initial configuration\n\n{}\n{}\n{}\n",
-        block(
-            2,
-            27,
-            &[("Auth Method ID", dev_ids::AUTH_METHOD.into())]
-        ),
+        block(2, 27, &[("Auth Method ID", dev_ids::AUTH_METHOD.into())]),
         block(
             2,
             27,
@@ -210,10 +222,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => {}
         }
     };
-    axum::serve(listener, sluice_controlplane::api::router(controller.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("while serving the API")?;
+    axum::serve(
+        listener,
+        sluice_controlplane::api::router(controller.clone()),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("while serving the API")?;
 
     info!("shutting down");
     sweeper.abort();

@@ -177,7 +177,10 @@ pub fn target(it: &Value) -> String {
         ("Version", s(&it["version"])),
         ("Default Port", s(&it["attributes"]["default_port"])),
         ("Session Max Seconds", s(&it["session_max_seconds"])),
-        ("Session Connection Limit", s(&it["session_connection_limit"])),
+        (
+            "Session Connection Limit",
+            s(&it["session_connection_limit"]),
+        ),
     ];
     if let Some(a) = it["address"].as_str() {
         rows.push(("Address", a.to_owned()));
@@ -190,7 +193,13 @@ pub fn target(it: &Value) -> String {
 }
 
 /// "Proxy listening information:" exactly as the seed lays it out.
-pub fn proxy_listening(addr: &str, limit: i32, expiration: &str, port: u16, session_id: &str) -> String {
+pub fn proxy_listening(
+    addr: &str,
+    limit: i32,
+    expiration: &str,
+    port: u16,
+    session_id: &str,
+) -> String {
     let mut out = String::from("\nProxy listening information:\n");
     out.push_str(&block(
         4,
@@ -213,7 +222,13 @@ mod tests {
 
     #[test]
     fn proxy_block_matches_the_seed_layout() {
-        let out = proxy_listening("127.0.0.1", 1, "Wed, 30 Sep 2020 23:18:14 MST", 61991, "s_h7vBIhH5SZ");
+        let out = proxy_listening(
+            "127.0.0.1",
+            1,
+            "Wed, 30 Sep 2020 23:18:14 MST",
+            61991,
+            "s_h7vBIhH5SZ",
+        );
         let seed = "
 Proxy listening information:
     Address:             127.0.0.1
@@ -241,16 +256,33 @@ Proxy listening information:
             ]
         });
         let read = session_item(&item);
-        assert!(read.contains("\n    Auth Token ID:       at_51XQGx0bzk\n"), "{read}");
-        assert!(read.contains("\n    Host Set ID:         hsst_1234567890\n"), "{read}");
+        assert!(
+            read.contains("\n    Auth Token ID:       at_51XQGx0bzk\n"),
+            "{read}"
+        );
+        assert!(
+            read.contains("\n    Host Set ID:         hsst_1234567890\n"),
+            "{read}"
+        );
         assert!(read.contains("\n    Version:             2\n"), "{read}");
         assert!(read.contains("\n    Scope:\n        ID:                p_1234567890\n        Name:              Generated project scope\n"), "{read}");
-        assert!(read.contains("\n    States:\n        Start Time:        "), "{read}");
+        assert!(
+            read.contains("\n    States:\n        Start Time:        "),
+            "{read}"
+        );
         let active = read.find("Status:            active").unwrap();
         let pending = read.find("Status:            pending").unwrap();
         assert!(active < pending, "newest state first");
         let list = session_list(&[item]);
-        assert!(list.contains("\n    ID:                 s_h7vBIhH5SZ\n        Status:           active\n"), "{list}");
-        assert!(list.contains("\n        Target ID:        ttcp_1234567890\n"), "{list}");
+        assert!(
+            list.contains(
+                "\n    ID:                 s_h7vBIhH5SZ\n        Status:           active\n"
+            ),
+            "{list}"
+        );
+        assert!(
+            list.contains("\n        Target ID:        ttcp_1234567890\n"),
+            "{list}"
+        );
     }
 }

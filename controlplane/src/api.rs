@@ -174,7 +174,10 @@ fn scope_json(s: &Scope) -> Value {
 }
 
 fn target_json(c: &Controller, t: &Target) -> Value {
-    let scope = c.scope(&t.scope_id).map(|s| scope_json(&s)).unwrap_or(Value::Null);
+    let scope = c
+        .scope(&t.scope_id)
+        .map(|s| scope_json(&s))
+        .unwrap_or(Value::Null);
     let mut v = json!({
         "id": t.id,
         "scope_id": t.scope_id,
@@ -221,7 +224,9 @@ async fn read_target(
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let t = c.read_target(&p, &id)?;
-    Ok(Json(json!({"status_code": 200, "item": target_json(&c, &t)})))
+    Ok(Json(
+        json!({"status_code": 200, "item": target_json(&c, &t)}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -268,7 +273,10 @@ async fn target_action(
 
 /// A session in Boundary's JSON shape.
 pub fn session_json(c: &Controller, s: &Session) -> Value {
-    let scope = c.scope(&s.scope_id).map(|sc| scope_json(&sc)).unwrap_or(Value::Null);
+    let scope = c
+        .scope(&s.scope_id)
+        .map(|sc| scope_json(&sc))
+        .unwrap_or(Value::Null);
     let states: Vec<Value> = s
         .states
         .iter()
@@ -349,7 +357,9 @@ async fn read_session(
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let s = c.read_session(&p, &id)?;
-    Ok(Json(json!({"status_code": 200, "item": session_json(&c, &s)})))
+    Ok(Json(
+        json!({"status_code": 200, "item": session_json(&c, &s)}),
+    ))
 }
 
 #[derive(Deserialize, Default)]

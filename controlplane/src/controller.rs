@@ -190,7 +190,11 @@ impl Controller {
             Some(s) => s,
             None => {
                 let s: [u8; 32] = rand::random();
-                writes.push(Write::Put(Table::Meta, "token_signing_key".into(), s.to_vec()));
+                writes.push(Write::Put(
+                    Table::Meta,
+                    "token_signing_key".into(),
+                    s.to_vec(),
+                ));
                 s
             }
         };
@@ -279,13 +283,19 @@ impl Controller {
 
     /// Sends `writes` to the store (in call order) and returns a future that resolves once
     /// they are durable.
-    fn persist(&self, writes: Vec<Write>) -> impl std::future::Future<Output = Result<(), ApiError>> {
+    fn persist(
+        &self,
+        writes: Vec<Write>,
+    ) -> impl std::future::Future<Output = Result<(), ApiError>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.commit(writes, Box::new(move |r| drop(tx.send(r))));
+        self.store
+            .commit(writes, Box::new(move |r| drop(tx.send(r))));
         async move {
             match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ApiError::internal(format!("could not store the change: {e}"))),
+                Ok(Err(e)) => Err(ApiError::internal(format!(
+                    "could not store the change: {e}"
+                ))),
                 Err(_) => Err(ApiError::internal("the store shut down")),
             }
         }
@@ -318,12 +328,18 @@ impl Controller {
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let hash = match &account {
             Some(a) => a.password_hash.clone(),
-            None => DUMMY.get_or_init(|| hash_password("not a password")).clone(),
+            None => DUMMY
+                .get_or_init(|| hash_password("not a password"))
+                .clone(),
         };
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -463,7 +479,11 @@ impl Controller {
                         if let Some(set) = st.host_sets.get(hs) {
                             for h in &set.host_ids {
                                 if let Some(host) = st.hosts.get(h) {
-                                    candidates.push((host.id.clone(), set.id.clone(), host.address.clone()));
+                                    candidates.push((
+                                        host.id.clone(),
+                                        set.id.clone(),
+                                        host.address.clone(),
+                                    ));
                                 }
                             }
                         }
@@ -531,7 +551,11 @@ impl Controller {
                 .sign(&claims)
                 .map_err(|e| ApiError::bad_request(format!("cannot issue a token: {e}")))?;
             st.sessions.insert(session.id.clone(), session.clone());
-            let done = self.persist(vec![Write::Put(Table::Sessions, session.id.clone(), enc(&session))]);
+            let done = self.persist(vec![Write::Put(
+                Table::Sessions,
+                session.id.clone(),
+                enc(&session),
+            )]);
             (session, scope, token, done)
         };
         done.await?;
@@ -565,7 +589,7 @@ impl Controller {
             .filter(|s| include_terminated || s.status() != SessionStatus::Terminated)
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.created_time.cmp(&a.created_time));
+        out.sort_by_key(|s| std::cmp::Reverse(s.created_time));
         Ok(out)
     }
 
@@ -596,8 +620,8 @@ impl Controller {
                 Some(s) if Self::visible(p, s) => s,
                 Some(_) => {
                     return Err(ApiError::forbidden(format!(
-                        "session {id} belongs to another user; you may only cancel your own sessions"
-                    )))
+                    "session {id} belongs to another user; you may only cancel your own sessions"
+                )))
                 }
                 None => return Err(ApiError::not_found(format!("session {id} not found"))),
             };
@@ -609,7 +633,10 @@ impl Controller {
                     )));
                 }
             }
-            if matches!(s.status(), SessionStatus::Canceling | SessionStatus::Terminated) {
+            if matches!(
+                s.status(),
+                SessionStatus::Canceling | SessionStatus::Terminated
+            ) {
                 return Ok(s.clone());
             }
             sessions::transition(s, SessionStatus::Canceling, None, now)
@@ -629,7 +656,9 @@ impl Controller {
             .map(|w| w.link.clone());
         match link {
             Some(link) => link.cancel_session(id, session.expiration_time.as_second() as u64),
-            None => warn!(session_id = %id, worker_id = %session.worker_id, "session's worker is not connected; cancel applies when it returns"),
+            None => {
+                warn!(session_id = %id, worker_id = %session.worker_id, "session's worker is not connected; cancel applies when it returns")
+            }
         }
         Ok(session)
     }
@@ -639,7 +668,10 @@ impl Controller {
         let done = {
             let mut st = self.state();
             let Some(s) = st.sessions.get_mut(event.session_id()) else {
-                warn!(session_id = event.session_id(), "event for an unknown session");
+                warn!(
+                    session_id = event.session_id(),
+                    "event for an unknown session"
+                );
                 return Ok(());
             };
             let changed = match event {
@@ -654,7 +686,10 @@ impl Controller {
                     at_ms,
                     ..
                 } => {
-                    if s.connections.iter().any(|c| c.connection_id == connection_id) {
+                    if s.connections
+                        .iter()
+                        .any(|c| c.connection_id == connection_id)
+                    {
                         false
                     } else {
                         s.connections.push(Connection {
@@ -678,7 +713,11 @@ impl Controller {
                     reason,
                     at_ms,
                     ..
-                } => match s.connections.iter_mut().find(|c| c.connection_id == connection_id) {
+                } => match s
+                    .connections
+                    .iter_mut()
+                    .find(|c| c.connection_id == connection_id)
+                {
                     Some(c) if c.status != "closed" => {
                         c.status = "closed".into();
                         c.bytes_up = bytes_up;
@@ -719,7 +758,9 @@ impl Controller {
                         sessions::terminate(s, TerminationReason::TimedOut, now)
                     }
                     SessionStatus::Canceling
-                        if s.states.first().is_some_and(|r| r.start_time + grace <= now) =>
+                        if s.states
+                            .first()
+                            .is_some_and(|r| r.start_time + grace <= now) =>
                     {
                         sessions::terminate(s, TerminationReason::Canceled, now)
                     }
@@ -743,7 +784,8 @@ impl Controller {
 fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
     use dev_ids::*;
     let mut writes = Vec::new();
-    let mut put = |id: &str, v: Vec<u8>| writes.push(Write::Put(Table::Resources, id.to_owned(), v));
+    let mut put =
+        |id: &str, v: Vec<u8>| writes.push(Write::Put(Table::Resources, id.to_owned(), v));
     let org = Scope {
         id: ORG.into(),
         kind: "org".into(),
@@ -763,8 +805,20 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         state.scopes.insert(s.id.clone(), s);
     }
     let people = [
-        (ADMIN_USER, ADMIN_ACCOUNT, &seed.login_name, &seed.password, true),
-        (USER, USER_ACCOUNT, &seed.unprivileged_login_name, &seed.unprivileged_password, false),
+        (
+            ADMIN_USER,
+            ADMIN_ACCOUNT,
+            &seed.login_name,
+            &seed.password,
+            true,
+        ),
+        (
+            USER,
+            USER_ACCOUNT,
+            &seed.unprivileged_login_name,
+            &seed.unprivileged_password,
+            false,
+        ),
     ];
     for (user_id, account_id, login, password, admin) in people {
         let user = User {
@@ -777,7 +831,11 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         let keep = state.accounts.get(account_id).filter(|a| {
             a.login_name == *login
                 && PasswordHash::new(&a.password_hash)
-                    .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                    .map(|h| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
                     .unwrap_or(false)
         });
         let account = match keep {
@@ -832,7 +890,12 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         updated_time: now,
     };
     for t in [
-        target(TARGET, "Generated target with a host source", None, vec![HOST_SET.into()]),
+        target(
+            TARGET,
+            "Generated target with a host source",
+            None,
+            vec![HOST_SET.into()],
+        ),
         target(
             TARGET_DIRECT,
             "Generated target with a direct address",

@@ -27,7 +27,12 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 4] = [Table::Sessions, Table::AuthTokens, Table::Resources, Table::Meta];
+    const ALL: [Table; 4] = [
+        Table::Sessions,
+        Table::AuthTokens,
+        Table::Resources,
+        Table::Meta,
+    ];
 
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(match self {
@@ -231,13 +236,28 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let store = RedbStore::open(&path).unwrap();
-            commit_sync(&store, vec![Write::Put(Table::Sessions, "s_1".into(), b"one".to_vec())]).unwrap();
-            commit_sync(&store, vec![Write::Put(Table::Sessions, "s_1".into(), b"two".to_vec())]).unwrap();
-            commit_sync(&store, vec![Write::Put(Table::Sessions, "s_2".into(), b"x".to_vec())]).unwrap();
+            commit_sync(
+                &store,
+                vec![Write::Put(Table::Sessions, "s_1".into(), b"one".to_vec())],
+            )
+            .unwrap();
+            commit_sync(
+                &store,
+                vec![Write::Put(Table::Sessions, "s_1".into(), b"two".to_vec())],
+            )
+            .unwrap();
+            commit_sync(
+                &store,
+                vec![Write::Put(Table::Sessions, "s_2".into(), b"x".to_vec())],
+            )
+            .unwrap();
             commit_sync(&store, vec![Write::Delete(Table::Sessions, "s_2".into())]).unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
-        assert_eq!(store.load(Table::Sessions).unwrap(), vec![("s_1".into(), b"two".to_vec())]);
+        assert_eq!(
+            store.load(Table::Sessions).unwrap(),
+            vec![("s_1".into(), b"two".to_vec())]
+        );
         assert!(store.load(Table::Meta).unwrap().is_empty());
     }
 
@@ -255,7 +275,11 @@ mod tests {
                     barrier.wait();
                     for i in 0..50 {
                         let key = format!("s_{t}_{i}");
-                        commit_sync(&store, vec![Write::Put(Table::Sessions, key, vec![t as u8])]).unwrap();
+                        commit_sync(
+                            &store,
+                            vec![Write::Put(Table::Sessions, key, vec![t as u8])],
+                        )
+                        .unwrap();
                     }
                 })
             })

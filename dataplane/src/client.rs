@@ -117,7 +117,8 @@ impl ClientSession {
         };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
         endpoint.set_default_client_config(
-            crate::tls::client_config(claims.ca_fingerprint).map_err(|e| unreachable(e.to_string()))?,
+            crate::tls::client_config(claims.ca_fingerprint)
+                .map_err(|e| unreachable(e.to_string()))?,
         );
         let connecting = endpoint
             .connect(worker, crate::tls::WORKER_SERVER_NAME)
@@ -135,7 +136,10 @@ impl ClientSession {
         let lost = |e: quinn::ConnectionError| connection_error(addr, e);
         let hello = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
-            if let Err(e) = send.write_all(&Frame::ClientHello { nonce, token }.to_vec()).await {
+            if let Err(e) = send
+                .write_all(&Frame::ClientHello { nonce, token }.to_vec())
+                .await
+            {
                 return Err(match e {
                     quinn::WriteError::ConnectionLost(e) => lost(e),
                     other => unreachable(other.to_string()),
@@ -156,7 +160,11 @@ impl ClientSession {
         };
         let (frame, send, recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello)
             .await
-            .map_err(|_| unreachable(format!("the worker did not answer the token within {HANDSHAKE_TIMEOUT:?}")))??;
+            .map_err(|_| {
+                unreachable(format!(
+                    "the worker did not answer the token within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            })??;
         match frame {
             Frame::HelloAccepted {
                 connections_left, ..
@@ -215,7 +223,8 @@ impl ClientSession {
         };
         match answer {
             Frame::StreamAccepted { connections_left } => {
-                self.connections_left.store(connections_left, Ordering::Relaxed);
+                self.connections_left
+                    .store(connections_left, Ordering::Relaxed);
                 on_accepted(connections_left);
             }
             Frame::Refused(r) => {
@@ -252,7 +261,8 @@ impl ClientSession {
     /// Ends the session from the client side and waits (briefly) for the worker to hear it.
     pub async fn close(&self) {
         self.conn.close(CLOSE_CLIENT_DONE.into(), b"client done");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 
     /// The session id.

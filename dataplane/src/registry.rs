@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sluice_proto::cluster::WorkerEvent;
 use sluice_proto::frames::NONCE_LEN;
 use sluice_proto::{
-    AuthzToken, ConnectionClosedReason, KeySet, Refusal, RefusalKind, SignedToken, TerminationReason,
-    TokenError,
+    AuthzToken, ConnectionClosedReason, KeySet, Refusal, RefusalKind, SignedToken,
+    TerminationReason, TokenError,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -80,7 +80,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    pub fn new(worker_id: String, keys: KeySet, events: mpsc::UnboundedSender<WorkerEvent>) -> Self {
+    pub fn new(
+        worker_id: String,
+        keys: KeySet,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+    ) -> Self {
         Self {
             worker_id,
             keys: RwLock::new(keys),
@@ -338,7 +342,12 @@ impl LiveSession {
         }
     }
 
-    pub fn emit_opened(&self, ticket: &ConnectionTicket, client_addr: String, endpoint_addr: String) {
+    pub fn emit_opened(
+        &self,
+        ticket: &ConnectionTicket,
+        client_addr: String,
+        endpoint_addr: String,
+    ) {
         self.registry.emit(WorkerEvent::ConnectionOpened {
             session_id: self.claims.session_id.clone(),
             connection_id: ticket.id.clone(),

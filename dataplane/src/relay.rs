@@ -43,8 +43,12 @@ pub async fn relay(
     let (mut tr, mut tw) = tcp.into_split();
     let to_tcp = async {
         if !early.is_empty() {
-            tw.write_all(&early).await.map_err(|e| format!("write to socket: {e}"))?;
-            counts.quic_to_tcp.fetch_add(early.len() as u64, Ordering::Relaxed);
+            tw.write_all(&early)
+                .await
+                .map_err(|e| format!("write to socket: {e}"))?;
+            counts
+                .quic_to_tcp
+                .fetch_add(early.len() as u64, Ordering::Relaxed);
         }
         loop {
             match recv.read_chunk(usize::MAX, true).await {

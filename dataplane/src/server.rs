@@ -257,10 +257,7 @@ fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
     );
 }
 
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-) -> Result<Frame, Refusal> {
+async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<Frame, Refusal> {
     loop {
         match Frame::decode(buf) {
             Ok(Some((frame, used))) => {
@@ -269,7 +266,10 @@ async fn read_frame(
             }
             Ok(None) => {}
             Err(e) => {
-                return Err(Refusal::new(RefusalKind::Protocol, format!("bad frame from client: {e}")))
+                return Err(Refusal::new(
+                    RefusalKind::Protocol,
+                    format!("bad frame from client: {e}"),
+                ))
             }
         }
         match recv.read_chunk(usize::MAX, true).await {
@@ -303,13 +303,17 @@ async fn handle_connection(
         }
     };
     let hello = async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(|e| {
-            Refusal::new(RefusalKind::Protocol, format!("no control stream: {e}"))
-        })?;
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| Refusal::new(RefusalKind::Protocol, format!("no control stream: {e}")))?;
         let mut buf = BytesMut::new();
         let frame = read_frame(&mut recv, &mut buf).await?;
         let Frame::ClientHello { nonce, token } = frame else {
-            return Err(Refusal::new(RefusalKind::Protocol, "expected a client hello"));
+            return Err(Refusal::new(
+                RefusalKind::Protocol,
+                "expected a client hello",
+            ));
         };
         let admitted = registry.admit(&token, nonce, unix_now())?;
         Ok((admitted, send, recv))
@@ -417,7 +421,8 @@ async fn handle_stream(
     client_addr: String,
 ) {
     let mut buf = BytesMut::new();
-    let header = tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv, &mut buf)).await;
+    let header =
+        tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv, &mut buf)).await;
     match header {
         Ok(Ok(Frame::StreamOpen)) => {}
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -436,28 +441,40 @@ async fn handle_stream(
         }
     };
     let endpoint = session.claims.endpoint.clone();
-    let dial = tokio::time::timeout(config.dial_timeout, TcpStream::connect(endpoint.as_str())).await;
+    let dial =
+        tokio::time::timeout(config.dial_timeout, TcpStream::connect(endpoint.as_str())).await;
     let tcp = match dial {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            return refuse_stream(&session, send, recv, format!("the worker could not connect to {endpoint}: {e}")).await
+            return refuse_stream(
+                &session,
+                send,
+                recv,
+                format!("the worker could not connect to {endpoint}: {e}"),
+            )
+            .await
         }
         Err(_) => {
             return refuse_stream(
                 &session,
                 send,
                 recv,
-                format!("the worker timed out connecting to {endpoint} after {:?}", config.dial_timeout),
+                format!(
+                    "the worker timed out connecting to {endpoint} after {:?}",
+                    config.dial_timeout
+                ),
             )
             .await
         }
     };
     let endpoint_addr = tcp.peer_addr().map_or(endpoint.clone(), |a| a.to_string());
     if send
-        .write_all(&Frame::StreamAccepted {
-            connections_left: ticket.connections_left,
-        }
-        .to_vec())
+        .write_all(
+            &Frame::StreamAccepted {
+                connections_left: ticket.connections_left,
+            }
+            .to_vec(),
+        )
         .await
         .is_err()
     {
@@ -482,8 +499,12 @@ async fn handle_stream(
         },
         r = session.wait_end() => ConnectionClosedReason::from_termination(r),
     };
-    let up = counts.quic_to_tcp.load(std::sync::atomic::Ordering::Relaxed);
-    let down = counts.tcp_to_quic.load(std::sync::atomic::Ordering::Relaxed);
+    let up = counts
+        .quic_to_tcp
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let down = counts
+        .tcp_to_quic
+        .load(std::sync::atomic::Ordering::Relaxed);
     debug!(id = %ticket.id, up, down, elapsed = ?started.elapsed(), reason = reason.as_str(), "connection closed");
     session.close_connection(&ticket, up, down, reason);
 }

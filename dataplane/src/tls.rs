@@ -35,7 +35,8 @@ pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
         .receive_window((32u32 << 20).into())
         .send_window(32 << 20)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid idle timeout"),
+            quinn::IdleTimeout::try_from(Duration::from_secs(30))
+                .expect("30 s is a valid idle timeout"),
         ));
     if keep_alive {
         t.keep_alive_interval(Some(Duration::from_secs(10)));

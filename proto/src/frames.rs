@@ -167,7 +167,10 @@ mod tests {
             Frame::StreamAccepted {
                 connections_left: 0,
             },
-            Frame::Refused(Refusal::new(RefusalKind::ConnectionLimit, "no connections left")),
+            Frame::Refused(Refusal::new(
+                RefusalKind::ConnectionLimit,
+                "no connections left",
+            )),
         ]
     }
 

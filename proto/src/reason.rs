@@ -239,7 +239,10 @@ mod tests {
     #[test]
     fn termination_codes_round_trip() {
         for r in TerminationReason::ALL {
-            assert_eq!(TerminationReason::from_close_code(r.close_code().into()), Some(r));
+            assert_eq!(
+                TerminationReason::from_close_code(r.close_code().into()),
+                Some(r)
+            );
             assert_eq!(TerminationReason::from_str_opt(r.as_str()), Some(r));
         }
         assert_eq!(TerminationReason::from_close_code(0), None);

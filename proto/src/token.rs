@@ -14,9 +14,9 @@
 
 use std::collections::HashMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 /// Ed25519 public key, re-exported for workers and the controller.
 pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -29,7 +29,8 @@ pub const MAX_ID: usize = 64;
 /// Longest endpoint or worker address.
 pub const MAX_ADDR: usize = 255;
 /// Longest token in its binary form: every field at its bound.
-pub const MAX_BINARY: usize = 1 + 8 + 4 * (1 + MAX_ID) + 2 * (1 + MAX_ADDR) + 8 + 8 + 4 + (1 + MAX_ID) + 32 + 64;
+pub const MAX_BINARY: usize =
+    1 + 8 + 4 * (1 + MAX_ID) + 2 * (1 + MAX_ADDR) + 8 + 8 + 4 + (1 + MAX_ID) + 32 + 64;
 /// Longest token in its text form; longer input is refused before decoding.
 pub const MAX_TEXT: usize = MAX_BINARY * 138 / 100 + 1;
 const SIGNING_LABEL: &[u8] = b"sluice authz token v1\0";
@@ -241,7 +242,9 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("TokenSigner")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,8 +14,11 @@ pub fn sluice_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SLUICE_BIN") {
         return p.into();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
     let bin = target.join("debug").join("sluice");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
@@ -52,13 +55,19 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn kill_gently(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(_)) = child.try_wait() {
@@ -79,13 +88,21 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command) -> Self {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("process starts");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         for (pipe, buf) in [
-            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, stdout.clone()),
-            (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, stderr.clone()),
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                stdout.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+                stderr.clone(),
+            ),
         ] {
             std::thread::spawn(move || {
                 let mut r = BufReader::new(pipe);
@@ -96,7 +113,11 @@ impl Proc {
                 }
             });
         }
-        Self { child, stdout, stderr }
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     pub fn stdout(&self) -> String {
@@ -181,12 +202,31 @@ impl Dev {
             if !out.contains("server started") {
                 return None;
             }
-            out.lines()
-                .find_map(|l| l.trim().strip_prefix("API Address:").map(|a| a.trim().to_owned()))
+            out.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("API Address:")
+                    .map(|a| a.trim().to_owned())
+            })
         });
-        let dev = Self { proc, api, home, args };
-        let out = dev.sluice(&["authenticate", "password", "-login-name", "admin", "-password", "env://SLUICE_TEST_PW"]);
-        assert!(out.status.success(), "authenticate failed: {}", text(&out.stderr));
+        let dev = Self {
+            proc,
+            api,
+            home,
+            args,
+        };
+        let out = dev.sluice(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            "admin",
+            "-password",
+            "env://SLUICE_TEST_PW",
+        ]);
+        assert!(
+            out.status.success(),
+            "authenticate failed: {}",
+            text(&out.stderr)
+        );
         dev
     }
 
@@ -228,8 +268,11 @@ impl Dev {
 
     /// The value of `Key:` in a table output.
     pub fn field(out: &str, key: &str) -> Option<String> {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{key}:")).map(|v| v.trim().to_owned()))
+        out.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_owned())
+        })
     }
 
     /// `sessions read -id` as a string.
@@ -273,7 +316,11 @@ impl Connect {
             let sid = Dev::field(&out, "Session ID")?;
             Some((port, sid))
         });
-        Self { proc, port, session_id }
+        Self {
+            proc,
+            port,
+            session_id,
+        }
     }
 }
 
@@ -298,7 +345,9 @@ impl Sshd {
             assert!(st.success());
         }
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        let user = text(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_owned();
+        let user = text(&Command::new("id").arg("-un").output().unwrap().stdout)
+            .trim()
+            .to_owned();
         let port = free_port();
         let cfg = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
@@ -319,7 +368,12 @@ impl Sshd {
         wait_for("sshd to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        Self { proc, port, dir, user }
+        Self {
+            proc,
+            port,
+            dir,
+            user,
+        }
     }
 
     /// ssh options that authenticate with the generated key and skip host-key prompts.

@@ -9,7 +9,12 @@ use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
 
 fn dev_for(sshd: &Sshd, extra: &[&str]) -> Dev {
     let port = sshd.port.to_string();
-    let mut args = vec!["-host-address", "127.0.0.1", "-target-default-port", port.as_str()];
+    let mut args = vec![
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        port.as_str(),
+    ];
     args.extend_from_slice(extra);
     Dev::start(&args)
 }
@@ -19,7 +24,13 @@ fn connect_ssh_runs_a_remote_command() {
     let sshd = Sshd::start();
     let dev = dev_for(&sshd, &[]);
     let mut args = vec![
-        "connect", "ssh", "-target-id", "ttcp_1234567890", "-username", sshd.user.as_str(), "--",
+        "connect",
+        "ssh",
+        "-target-id",
+        "ttcp_1234567890",
+        "-username",
+        sshd.user.as_str(),
+        "--",
     ];
     let opts = sshd.client_opts();
     args.extend(opts.iter().map(String::as_str));
@@ -31,7 +42,15 @@ fn connect_ssh_runs_a_remote_command() {
     assert!(text(&out.stderr).contains("Proxy listening information:"));
 
     // The exit code of the client is the exit code of `connect`.
-    let mut args: Vec<&str> = vec!["connect", "ssh", "-target-id", "ttcp_1234567890", "-username", &sshd.user, "--"];
+    let mut args: Vec<&str> = vec![
+        "connect",
+        "ssh",
+        "-target-id",
+        "ttcp_1234567890",
+        "-username",
+        &sshd.user,
+        "--",
+    ];
     args.extend(opts.iter().map(String::as_str));
     args.push("exit 7");
     assert_eq!(dev.sluice(&args).status.code(), Some(7));
@@ -56,35 +75,82 @@ fn sessions_show_the_live_session_and_cancel_closes_it() {
     let st = sshd.ssh(conn.port, "true").status().unwrap();
     assert!(st.success());
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
-    wait_for("ssh to start", Duration::from_secs(20), || live.stdout().contains("started").then_some(()));
+    wait_for("ssh to start", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
 
     let list = dev.ok(&["sessions", "list", "-scope-id", "p_1234567890"]);
-    assert!(list.contains(&format!("ID:                 {}", conn.session_id)), "{list}");
+    assert!(
+        list.contains(&format!("ID:                 {}", conn.session_id)),
+        "{list}"
+    );
     let read = dev.read_session(&conn.session_id);
-    assert_eq!(Dev::field(&read, "Status").as_deref(), Some("active"), "{read}");
-    assert_eq!(Dev::field(&read, "Host ID").as_deref(), Some("hst_1234567890"));
-    assert_eq!(Dev::field(&read, "Host Set ID").as_deref(), Some("hsst_1234567890"));
-    assert_eq!(Dev::field(&read, "Endpoint"), Some(format!("tcp://127.0.0.1:{}", sshd.port)));
+    assert_eq!(
+        Dev::field(&read, "Status").as_deref(),
+        Some("active"),
+        "{read}"
+    );
+    assert_eq!(
+        Dev::field(&read, "Host ID").as_deref(),
+        Some("hst_1234567890")
+    );
+    assert_eq!(
+        Dev::field(&read, "Host Set ID").as_deref(),
+        Some("hsst_1234567890")
+    );
+    assert_eq!(
+        Dev::field(&read, "Endpoint"),
+        Some(format!("tcp://127.0.0.1:{}", sshd.port))
+    );
     assert_eq!(Dev::field(&read, "Version").as_deref(), Some("2"));
     assert!(read.contains("Parent Scope ID:   o_1234567890"));
-    let json = text(&dev.sluice(&["sessions", "read", "-id", &conn.session_id, "-format", "json"]).stdout);
-    assert!(json.contains("\"item\":{") && json.contains("\"status\":\"active\""), "{json}");
+    let json = text(
+        &dev.sluice(&[
+            "sessions",
+            "read",
+            "-id",
+            &conn.session_id,
+            "-format",
+            "json",
+        ])
+        .stdout,
+    );
+    assert!(
+        json.contains("\"item\":{") && json.contains("\"status\":\"active\""),
+        "{json}"
+    );
 
     let cancel = dev.ok(&["sessions", "cancel", "-id", &conn.session_id]);
-    assert_eq!(Dev::field(&cancel, "Status").as_deref(), Some("canceling"), "{cancel}");
+    assert_eq!(
+        Dev::field(&cancel, "Status").as_deref(),
+        Some("canceling"),
+        "{cancel}"
+    );
     // The live ssh session is cut, connect exits and says why.
     let st = live.wait(Duration::from_secs(10));
     assert!(!st.success(), "ssh should have been disconnected");
     conn.proc.wait(Duration::from_secs(10));
     let out = conn.proc.stdout();
-    assert!(out.contains("Termination information:\n    Reason: Session was canceled"), "{out}");
+    assert!(
+        out.contains("Termination information:\n    Reason: Session was canceled"),
+        "{out}"
+    );
     let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(10));
-    assert_eq!(Dev::field(&read, "Termination Reason").as_deref(), Some("canceled"));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
     assert!(read.contains("Closed Reason:     canceled"), "{read}");
     // Terminated sessions are hidden unless asked for.
     let list = dev.ok(&["sessions", "list", "-scope-id", "p_1234567890"]);
     assert!(!list.contains(&conn.session_id));
-    let list = dev.ok(&["sessions", "list", "-scope-id", "p_1234567890", "-include-terminated"]);
+    let list = dev.ok(&[
+        "sessions",
+        "list",
+        "-scope-id",
+        "p_1234567890",
+        "-include-terminated",
+    ]);
     assert!(list.contains(&conn.session_id));
 }
 
@@ -109,13 +175,35 @@ fn scp_of_a_20_mb_file_round_trips_intact() {
     let back = dir.path().join("back.bin");
     let key = sshd.dir.path().join("client_key").display().to_string();
     for (from, to) in [
-        (src.display().to_string(), format!("{}@{{{{sluice.ip}}}}:{}", sshd.user, remote.display())),
-        (format!("{}@{{{{boundary.ip}}}}:{}", sshd.user, remote.display()), back.display().to_string()),
+        (
+            src.display().to_string(),
+            format!("{}@{{{{sluice.ip}}}}:{}", sshd.user, remote.display()),
+        ),
+        (
+            format!("{}@{{{{boundary.ip}}}}:{}", sshd.user, remote.display()),
+            back.display().to_string(),
+        ),
     ] {
         let out = dev.sluice(&[
-            "connect", "-target-id", "ttcp_1234567890", "-exec", "scp", "--", "-P", "{{sluice.port}}", "-i", &key,
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-q",
-            &from, &to,
+            "connect",
+            "-target-id",
+            "ttcp_1234567890",
+            "-exec",
+            "scp",
+            "--",
+            "-P",
+            "{{sluice.port}}",
+            "-i",
+            &key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-q",
+            &from,
+            &to,
         ]);
         assert!(out.status.success(), "scp failed: {}", text(&out.stderr));
     }
@@ -128,7 +216,13 @@ fn exec_sets_the_proxied_address_in_the_environment() {
     let sshd = Sshd::start();
     let dev = dev_for(&sshd, &[]);
     let out = dev.sluice(&[
-        "connect", "-target-id", "ttcp_0987654321", "-exec", "sh", "--", "-c",
+        "connect",
+        "-target-id",
+        "ttcp_0987654321",
+        "-exec",
+        "sh",
+        "--",
+        "-c",
         "echo $SLUICE_PROXIED_IP {{sluice.port}} $BOUNDARY_PROXIED_PORT",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -145,22 +239,37 @@ fn a_connection_limit_of_one_refuses_the_second_connection() {
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     assert!(conn.proc.stdout().contains("    Connection Limit:    1\n"));
     let mut first = Proc::spawn(sshd.ssh(conn.port, "echo first; sleep 3; echo done"));
-    wait_for("first ssh", Duration::from_secs(20), || first.stdout().contains("first").then_some(()));
+    wait_for("first ssh", Duration::from_secs(20), || {
+        first.stdout().contains("first").then_some(())
+    });
     let second = sshd.ssh(conn.port, "echo second").output().unwrap();
     assert!(!second.status.success());
     assert!(!text(&second.stdout).contains("second"));
-    wait_for("connect to report the refusal", Duration::from_secs(10), || {
-        conn.proc.stderr().contains("has used all 1 of its connections").then_some(())
-    });
+    wait_for(
+        "connect to report the refusal",
+        Duration::from_secs(10),
+        || {
+            conn.proc
+                .stderr()
+                .contains("has used all 1 of its connections")
+                .then_some(())
+        },
+    );
     assert!(first.wait(Duration::from_secs(20)).success());
     assert!(first.stdout().contains("done"));
     // With the limit used up and the last connection closed, the session ends.
     conn.proc.wait(Duration::from_secs(10));
     let out = conn.proc.stdout();
     assert!(out.contains("Connections Left: 0"), "{out}");
-    assert!(out.contains("Reason: No connections left in session"), "{out}");
+    assert!(
+        out.contains("Reason: No connections left in session"),
+        "{out}"
+    );
     let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(10));
-    assert_eq!(Dev::field(&read, "Termination Reason").as_deref(), Some("connection limit"));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("connection limit")
+    );
 }
 
 #[test]
@@ -169,12 +278,21 @@ fn a_three_second_session_expires_with_timed_out() {
     let dev = dev_for(&sshd, &["-target-session-max-seconds", "3"]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 30"));
-    wait_for("ssh", Duration::from_secs(20), || live.stdout().contains("started").then_some(()));
+    wait_for("ssh", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
     assert!(!live.wait(Duration::from_secs(15)).success());
     conn.proc.wait(Duration::from_secs(10));
-    assert!(conn.proc.stdout().contains("Reason: Session has expired"), "{}", conn.proc.stdout());
+    assert!(
+        conn.proc.stdout().contains("Reason: Session has expired"),
+        "{}",
+        conn.proc.stdout()
+    );
     let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(10));
-    assert_eq!(Dev::field(&read, "Termination Reason").as_deref(), Some("timed out"));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("timed out")
+    );
     // The expired token cannot start the session again.
 }
 
@@ -199,17 +317,29 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
     let forged = bs58::encode(bytes).into_string();
     let out = dev.sluice(&["connect", "-authz-token", &forged]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("forged or altered"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("forged or altered"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = dev.sluice(&["proxy", "-authz", "not-a-token"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("not base58"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not base58"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The genuine token binds to the first client; a second client is refused.
     let first = Connect::start(&dev, &["proxy", "-authz", &token]);
     let out = dev.sluice(&["connect", "-authz-token", &token]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already in use by another client"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already in use by another client"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(sshd.ssh(first.port, "true").status().unwrap().success());
 }
 
@@ -217,16 +347,49 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
 fn refusals_name_the_problem() {
     let sshd = Sshd::start();
     let dev = dev_for(&sshd, &[]);
-    let out = dev.sluice(&["authenticate", "password", "-login-name", "admin", "-password", "wrong", "-format", "json"]);
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "admin",
+        "-password",
+        "wrong",
+        "-format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("wrong login name or password"));
     let out = dev.sluice(&["connect", "-target-id", "ttcp_nope"]);
     assert!(text(&out.stderr).contains("target ttcp_nope not found"));
-    let out = dev.sluice(&["connect", "-target-id", "ttcp_1234567890", "-host-id", "hst_nope"]);
+    let out = dev.sluice(&[
+        "connect",
+        "-target-id",
+        "ttcp_1234567890",
+        "-host-id",
+        "hst_nope",
+    ]);
     assert!(text(&out.stderr).contains("host hst_nope is not in any host set"));
-    let out = dev.sluice(&["sessions", "read", "-id", "s_nope", "-token", "at_1234567890_bogus"]);
-    assert!(text(&out.stderr).contains("invalid or has expired"), "{}", text(&out.stderr));
-    let out = dev.sluice(&["authenticate", "password", "-login-name", "admin", "-password", "env://NOT_SET_ANYWHERE"]);
+    let out = dev.sluice(&[
+        "sessions",
+        "read",
+        "-id",
+        "s_nope",
+        "-token",
+        "at_1234567890_bogus",
+    ]);
+    assert!(
+        text(&out.stderr).contains("invalid or has expired"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "admin",
+        "-password",
+        "env://NOT_SET_ANYWHERE",
+    ]);
     assert!(text(&out.stderr).contains("NOT_SET_ANYWHERE"));
     let out = dev.sluice(&["sessions", "list"]);
     assert_eq!(out.status.code(), Some(2));
@@ -244,11 +407,31 @@ fn refusals_name_the_problem() {
 
     // The unprivileged user cannot read the admin's session.
     let (_, sid) = authorize(&dev);
-    let out = dev.sluice(&["authenticate", "password", "-login-name", "user", "-password", "password", "-format", "json"]);
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "user",
+        "-password",
+        "password",
+        "-format",
+        "json",
+    ]);
     let v = text(&out.stdout);
-    let tok = v.split("\"token\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let tok = v
+        .split("\"token\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
     let out = dev.sluice(&["sessions", "read", "-id", &sid, "-token", &tok]);
-    assert!(text(&out.stderr).contains("belongs to another user"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("belongs to another user"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -265,18 +448,42 @@ fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
     dev.wait_status(&canceled, "terminated", Duration::from_secs(10));
     let home = std::mem::replace(&mut dev.home, tempfile::tempdir().unwrap());
     dev.stop();
-    assert!(dev.proc.child.try_wait().unwrap().unwrap().success(), "dev exits cleanly on SIGTERM");
+    assert!(
+        dev.proc.child.try_wait().unwrap().unwrap().success(),
+        "dev exits cleanly on SIGTERM"
+    );
     drop(dev);
 
     let port = sshd.port.to_string();
     let dev = Dev::start_in(
         home,
-        &["-host-address", "127.0.0.1", "-target-default-port", &port, "-data-dir", &data_dir, "-proxy-addr", &proxy],
+        &[
+            "-host-address",
+            "127.0.0.1",
+            "-target-default-port",
+            &port,
+            "-data-dir",
+            &data_dir,
+            "-proxy-addr",
+            &proxy,
+        ],
     );
-    let list = dev.ok(&["sessions", "list", "-scope-id", "p_1234567890", "-include-terminated"]);
-    assert!(list.contains(&pending) && list.contains(&canceled), "{list}");
+    let list = dev.ok(&[
+        "sessions",
+        "list",
+        "-scope-id",
+        "p_1234567890",
+        "-include-terminated",
+    ]);
+    assert!(
+        list.contains(&pending) && list.contains(&canceled),
+        "{list}"
+    );
     let read = dev.read_session(&canceled);
-    assert_eq!(Dev::field(&read, "Termination Reason").as_deref(), Some("canceled"));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
     // The token issued before the restart still works: keys and worker identity persisted.
     let conn = Connect::start(&dev, &["connect", "-authz-token", &pending_token]);
     assert!(sshd.ssh(conn.port, "true").status().unwrap().success());

@@ -107,7 +107,9 @@ fn changing_any_claim_breaks_the_signature() {
     };
     for (field, claims) in variants {
         // Re-encode the altered claims under the original signature: a forgery.
-        let mut bytes = claims.encode_claims(KeyId::of(&h.signer.verifying_key())).unwrap();
+        let mut bytes = claims
+            .encode_claims(KeyId::of(&h.signer.verifying_key()))
+            .unwrap();
         bytes.extend_from_slice(&signature);
         let forged = bs58::encode(bytes).into_string();
         assert_eq!(h.verify(&forged), Err(TokenError::BadSignature), "{field}");
@@ -121,7 +123,10 @@ fn every_truncation_and_any_trailing_byte_is_refused() {
     let bytes = bs58::decode(&text).into_vec().unwrap();
     for n in 0..bytes.len() {
         let t = bs58::encode(&bytes[..n]).into_string();
-        assert!(SignedToken::decode(&t).is_err(), "prefix of {n} bytes decoded");
+        assert!(
+            SignedToken::decode(&t).is_err(),
+            "prefix of {n} bytes decoded"
+        );
     }
     let mut longer = bytes.clone();
     longer.push(0);
@@ -142,7 +147,10 @@ fn a_token_from_another_key_or_for_another_worker_is_refused() {
     let mut claims = h.claims();
     claims.worker_id = "w_0987654321".into();
     let text = h.signer.sign(&claims).unwrap();
-    assert!(matches!(h.verify(&text), Err(TokenError::WrongWorker { .. })));
+    assert!(matches!(
+        h.verify(&text),
+        Err(TokenError::WrongWorker { .. })
+    ));
 }
 
 #[test]
@@ -171,7 +179,10 @@ fn oversized_fields_cannot_be_signed() {
     let h = Harness::new();
     let mut claims = h.claims();
     claims.endpoint = "x".repeat(MAX_ADDR + 1);
-    assert_eq!(h.signer.sign(&claims), Err(TokenError::FieldTooLong("endpoint")));
+    assert_eq!(
+        h.signer.sign(&claims),
+        Err(TokenError::FieldTooLong("endpoint"))
+    );
 }
 
 #[test]
@@ -195,4 +206,33 @@ fn a_token_with_every_field_at_its_bound_fits_the_text_limit() {
     let text = h.signer.sign(&claims).unwrap();
     assert!(text.len() <= MAX_TEXT, "{} > {}", text.len(), MAX_TEXT);
     assert_eq!(h.verify(&text).unwrap(), claims);
+}
+
+/// Writes the fuzz seed corpus when `SLUICE_WRITE_FUZZ_CORPUS` names a directory.
+#[test]
+fn write_fuzz_corpus() {
+    let Ok(dir) = std::env::var("SLUICE_WRITE_FUZZ_CORPUS") else {
+        return;
+    };
+    let h = Harness::new();
+    let text = h.signer.sign(&h.claims()).unwrap();
+    let bin = bs58::decode(&text).into_vec().unwrap();
+    let mut direct = h.claims();
+    direct.host_id.clear();
+    direct.connection_limit = -1;
+    let text2 = h.signer.sign(&direct).unwrap();
+    std::fs::write(format!("{dir}/seed_text"), &text).unwrap();
+    std::fs::write(format!("{dir}/seed_binary"), &bin).unwrap();
+    std::fs::write(
+        format!("{dir}/seed_binary_direct"),
+        bs58::decode(&text2).into_vec().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(format!("{dir}/seed_truncated"), &bin[..bin.len() / 2]).unwrap();
+    let hello = crate::frames::Frame::ClientHello {
+        nonce: [1; 16],
+        token: bin,
+    }
+    .to_vec();
+    std::fs::write(format!("{dir}/seed_hello_frame"), hello).unwrap();
 }

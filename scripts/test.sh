@@ -32,7 +32,11 @@ step "build"
 cargo build --workspace --bins --locked
 
 step "tests (unit and end-to-end)"
-cargo test --workspace --locked
+log=$(mktemp)
+cargo test --workspace --locked 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {s += $4} END {print s+0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s+0}' "$log")
+rm -f "$log"
 
 step "benchmark harness smoke run"
 cargo run -q -p sluice-bench --locked -- --quick
@@ -48,3 +52,4 @@ cp fuzz/corpus/token_decode/* "$work/"
 rm -rf "$work"
 
 step "all checks passed"
+echo "tests: $passed passed, $failed failed"

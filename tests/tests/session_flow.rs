@@ -276,6 +276,7 @@ fn a_connection_limit_of_one_refuses_the_second_connection() {
 fn a_three_second_session_expires_with_timed_out() {
     let sshd = Sshd::start();
     let dev = dev_for(&sshd, &["-target-session-max-seconds", "3"]);
+    let (unused_token, _) = authorize(&dev);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 30"));
     wait_for("ssh", Duration::from_secs(20), || {
@@ -341,6 +342,43 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
         text(&out.stderr)
     );
     assert!(sshd.ssh(first.port, "true").status().unwrap().success());
+
+    // The token of a canceled session is refused.
+    let (token, sid) = authorize(&dev);
+    dev.ok(&["sessions", "cancel", "-id", &sid]);
+    dev.wait_status(&sid, "terminated", Duration::from_secs(10));
+    let out = dev.sluice(&["connect", "-authz-token", &token]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has ended (canceled)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A token read from standard input works like one on the command line.
+    let (token, _) = authorize(&dev);
+    let mut cmd = dev.cmd(&["connect", "-authz-token", "-"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("Session ID:") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("Proxy listening information:"), "{seen}");
 }
 
 #[test]

@@ -294,7 +294,14 @@ fn a_three_second_session_expires_with_timed_out() {
         Dev::field(&read, "Termination Reason").as_deref(),
         Some("timed out")
     );
-    // The expired token cannot start the session again.
+    // A token whose session has expired is refused with that reason.
+    let out = dev.sluice(&["connect", "-authz-token", &unused_token]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("expired"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn authorize(dev: &Dev) -> (String, String) {

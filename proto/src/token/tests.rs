@@ -208,12 +208,27 @@ fn a_token_with_every_field_at_its_bound_fits_the_text_limit() {
     assert_eq!(h.verify(&text).unwrap(), claims);
 }
 
-/// Writes the fuzz seed corpus when `SLUICE_WRITE_FUZZ_CORPUS` names a directory.
+/// The committed fuzz seeds must stay valid tokens of the current format, or the fuzzer starts
+/// from noise. Regenerate them with `SLUICE_WRITE_FUZZ_CORPUS=fuzz/corpus/token_decode`.
 #[test]
+fn committed_fuzz_seeds_match_the_token_format() {
+    if std::env::var("SLUICE_WRITE_FUZZ_CORPUS").is_ok() {
+        return write_fuzz_corpus();
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/token_decode");
+    let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
+    let h = Harness::new();
+    for name in ["seed_binary", "seed_binary_direct"] {
+        let t = SignedToken::decode_binary(&read(name)).unwrap();
+        assert!(h.keys.verify(&t, h.now, "w_1234567890").is_ok(), "{name}");
+    }
+    let text = String::from_utf8(read("seed_text")).unwrap();
+    assert!(h.verify(&text).is_ok());
+    assert!(SignedToken::decode_binary(&read("seed_truncated")).is_err());
+}
+
 fn write_fuzz_corpus() {
-    let Ok(dir) = std::env::var("SLUICE_WRITE_FUZZ_CORPUS") else {
-        return;
-    };
+    let dir = std::env::var("SLUICE_WRITE_FUZZ_CORPUS").unwrap();
     let h = Harness::new();
     let text = h.signer.sign(&h.claims()).unwrap();
     let bin = bs58::decode(&text).into_vec().unwrap();

@@ -115,7 +115,14 @@ impl ClientSession {
             addr: addr.clone(),
             reason,
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+        let socket = crate::net::bind_udp(bind, false).map_err(|e| unreachable(e.to_string()))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
         endpoint.set_default_client_config(
             crate::tls::client_config(claims.ca_fingerprint)
                 .map_err(|e| unreachable(e.to_string()))?,

@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod client;
+mod net;
 mod registry;
 mod relay;
 mod server;

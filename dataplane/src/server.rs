@@ -72,19 +72,6 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// Binds a UDP socket that other worker threads can bind too (`SO_REUSEPORT`), with receive and
-/// send buffers raised: the default 208 KiB loses thousands of packets per GiB on loopback.
-fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(8 << 20);
-    socket.bind(&addr.into())?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 impl Worker {
     /// Binds the listener on every thread and starts serving. Events go to `events`.
     pub fn start(
@@ -103,11 +90,11 @@ impl Worker {
                 .map_err(|e| std::io::Error::other(format!("worker key: {e}")))?,
         )
         .map_err(|e| std::io::Error::other(format!("worker TLS config: {e}")))?;
-        let first = bind_udp(config.listen_addr)?;
+        let first = crate::net::bind_udp(config.listen_addr, true)?;
         let local_addr = first.local_addr()?;
         let mut sockets = vec![first];
         for _ in 1..threads {
-            sockets.push(bind_udp(local_addr)?);
+            sockets.push(crate::net::bind_udp(local_addr, true)?);
         }
         let registry = Arc::new(Registry::new(config.worker_id.clone(), keys, events));
         let (stop, _) = watch::channel(false);

@@ -27,11 +27,21 @@ fn main() -> ExitCode {
             };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `connect` drives one QUIC connection: one thread keeps quinn's driver, the streams and
+    // the local sockets together, without cross-thread wake-ups (measured: fewer context
+    // switches and more throughput than a two-thread runtime).
+    let builder = match cli.command {
+        args::Command::Connect(_) | args::Command::Proxy(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let mut builder = builder;
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: could not start the runtime: {e}");

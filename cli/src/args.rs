@@ -131,6 +131,9 @@ pub struct DevArgs {
     /// Worker runtime threads (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Let clients use the plaintext `tcp` transport (trusted networks and measurements only)
+    #[arg(long)]
+    pub worker_allow_plaintext: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +197,27 @@ pub enum Sessions {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum TransportArg {
+    /// QUIC: one connection per session, a stream per proxied connection
+    #[default]
+    Quic,
+    /// TLS 1.3 over TCP, for networks that block UDP
+    Tls,
+    /// Plaintext TCP, only where the worker allows it
+    Tcp,
+}
+
+impl From<TransportArg> for sluice_dataplane::client::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Quic => Self::Quic,
+            TransportArg::Tls => Self::Tls,
+            TransportArg::Tcp => Self::Tcp,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Helper {
     Ssh,
@@ -221,6 +245,9 @@ pub struct ConnectArgs {
     /// ssh helper: the remote user name
     #[arg(long)]
     pub username: Option<String>,
+    /// How to reach the worker
+    #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
+    pub transport: TransportArg,
     /// Arguments passed to the client (after --)
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -235,6 +262,9 @@ pub struct ProxyArgs {
     pub listen_addr: IpAddr,
     #[arg(long, default_value_t = 0)]
     pub listen_port: u16,
+    /// How to reach the worker
+    #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
+    pub transport: TransportArg,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -259,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     listen_port: p.listen_port,
                     exec: None,
                     username: None,
+                    transport: p.transport,
                     args: vec![],
                 },
             )

@@ -95,7 +95,7 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("say what to connect to: -target-id TARGET or -authz-token TOKEN"),
     };
     let session = Arc::new(
-        ClientSession::open(&token)
+        ClientSession::open(&token, a.transport.into())
             .await
             .context("while opening the session at its worker")?,
     );

@@ -43,14 +43,40 @@ pub enum ConnectError {
     Ended(TerminationReason),
 }
 
+/// How `connect` reaches the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// One QUIC connection per session, a stream per proxied connection (the default).
+    #[default]
+    Quic,
+    /// TLS 1.3 over TCP, one TCP connection per proxied connection: for networks that block UDP.
+    Tls,
+    /// Plaintext TCP (the worker must allow it): trusted networks and measurements.
+    Tcp,
+}
+
 /// An open session with a worker.
 pub struct ClientSession {
-    conn: quinn::Connection,
-    endpoint: quinn::Endpoint,
+    inner: Inner,
     claims: AuthzToken,
     connections_left: AtomicI32,
-    // The control stream stays open for the life of the session.
-    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+enum Inner {
+    Quic {
+        conn: quinn::Connection,
+        endpoint: quinn::Endpoint,
+        // The control stream stays open for the life of the session.
+        _control: (quinn::SendStream, quinn::RecvStream),
+    },
+    Stream {
+        worker: SocketAddr,
+        tls: Option<tokio_rustls::TlsConnector>,
+        nonce: [u8; NONCE_LEN],
+        token: Vec<u8>,
+        ended: tokio::sync::watch::Receiver<Option<TerminationReason>>,
+        close: tokio::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    },
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -96,8 +122,9 @@ fn connection_error(addr: &str, e: quinn::ConnectionError) -> ConnectError {
 }
 
 impl ClientSession {
-    /// Decodes `token_text`, connects to its worker (verifying the pinned CA) and presents it.
-    pub async fn open(token_text: &str) -> Result<Self, ConnectError> {
+    /// Decodes `token_text`, connects to its worker over `transport` (verifying the pinned CA
+    /// unless plaintext) and presents it.
+    pub async fn open(token_text: &str, transport: Transport) -> Result<Self, ConnectError> {
         let signed = SignedToken::decode(token_text)?;
         let claims = signed.unverified().clone();
         let addr = &claims.worker_addr;
@@ -106,6 +133,9 @@ impl ClientSession {
             .map_err(|e| ConnectError::WorkerAddress(addr.clone(), e.to_string()))?
             .next()
             .ok_or_else(|| ConnectError::WorkerAddress(addr.clone(), "no address".into()))?;
+        if transport != Transport::Quic {
+            return Self::open_stream(token_text, claims, worker, transport).await;
+        }
         let bind: SocketAddr = if worker.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
@@ -176,11 +206,13 @@ impl ClientSession {
             Frame::HelloAccepted {
                 connections_left, ..
             } => Ok(Self {
-                conn,
-                endpoint,
+                inner: Inner::Quic {
+                    conn,
+                    endpoint,
+                    _control: (send, recv),
+                },
                 claims,
                 connections_left: AtomicI32::new(connections_left),
-                _control: (send, recv),
             }),
             Frame::Refused(r) => Err(ConnectError::Refused(r)),
             other => Err(ConnectError::Unreachable {
@@ -203,7 +235,11 @@ impl ClientSession {
     /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
     /// connections left once the worker admits it.
     pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
-        let (mut send, mut recv) = match self.conn.open_bi().await {
+        let conn = match &self.inner {
+            Inner::Quic { conn, .. } => conn,
+            Inner::Stream { .. } => return self.proxy_stream(tcp, on_accepted).await,
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => return StreamEnd::Failed(e.to_string()),
         };
@@ -228,19 +264,8 @@ impl ClientSession {
                 Err(e) => return StreamEnd::Failed(e.to_string()),
             }
         };
-        match answer {
-            Frame::StreamAccepted { connections_left } => {
-                self.connections_left
-                    .store(connections_left, Ordering::Relaxed);
-                on_accepted(connections_left);
-            }
-            Frame::Refused(r) => {
-                if r.kind == RefusalKind::ConnectionLimit {
-                    self.connections_left.store(0, Ordering::Relaxed);
-                }
-                return StreamEnd::Refused(r);
-            }
-            other => return StreamEnd::Failed(format!("unexpected answer from worker: {other:?}")),
+        if let Err(end) = self.accept_answer(answer, on_accepted) {
+            return end;
         }
         let counts = Counts::default();
         let outcome = relay(tcp, send, recv, buf.freeze(), &counts).await;
@@ -252,9 +277,157 @@ impl ClientSession {
         }
     }
 
+    fn accept_answer(&self, answer: Frame, on_accepted: impl FnOnce(i32)) -> Result<(), StreamEnd> {
+        match answer {
+            Frame::StreamAccepted { connections_left } => {
+                self.connections_left
+                    .store(connections_left, Ordering::Relaxed);
+                on_accepted(connections_left);
+                Ok(())
+            }
+            Frame::Refused(r) => {
+                if r.kind == RefusalKind::ConnectionLimit {
+                    self.connections_left.store(0, Ordering::Relaxed);
+                }
+                Err(StreamEnd::Refused(r))
+            }
+            other => Err(StreamEnd::Failed(format!(
+                "unexpected answer from worker: {other:?}"
+            ))),
+        }
+    }
+
+    async fn open_stream(
+        token_text: &str,
+        claims: AuthzToken,
+        worker: SocketAddr,
+        transport: Transport,
+    ) -> Result<Self, ConnectError> {
+        let addr = claims.worker_addr.clone();
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        let tls = match transport {
+            Transport::Tls => Some(tokio_rustls::TlsConnector::from(Arc::new(
+                crate::tls::rustls_client_config(claims.ca_fingerprint)
+                    .map_err(|e| unreachable(e.to_string()))?,
+            ))),
+            _ => None,
+        };
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let token = bs58::decode_token(token_text)?;
+        let hello = Frame::ClientHello {
+            nonce,
+            token: token.clone(),
+        };
+        let (mut conn, (answer, _)) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            dial_and_send(worker, tls.as_ref(), &hello),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {HANDSHAKE_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let connections_left = match answer {
+            Frame::HelloAccepted {
+                connections_left, ..
+            } => connections_left,
+            Frame::Refused(r) => return Err(ConnectError::Refused(r)),
+            other => {
+                return Err(unreachable(format!(
+                    "unexpected answer from worker: {other:?}"
+                )))
+            }
+        };
+        let (ended_tx, ended) = tokio::sync::watch::channel(None);
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let reason = tokio::select! {
+                frame = conn.read_frame(&mut buf) => match frame {
+                    Ok(Frame::SessionEnded(r)) => r,
+                    _ => TerminationReason::NetworkError,
+                },
+                _ = close_rx => {
+                    conn.shutdown().await;
+                    TerminationReason::ClosedByEndUser
+                }
+            };
+            let _ = ended_tx.send(Some(reason));
+        });
+        Ok(Self {
+            inner: Inner::Stream {
+                worker,
+                tls,
+                nonce,
+                token,
+                ended,
+                close: tokio::sync::Mutex::new(Some(close_tx)),
+            },
+            claims,
+            connections_left: AtomicI32::new(connections_left),
+        })
+    }
+
+    async fn proxy_stream(&self, local: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
+        let Inner::Stream {
+            worker,
+            tls,
+            nonce,
+            token,
+            ..
+        } = &self.inner
+        else {
+            return StreamEnd::Failed("not a stream transport".into());
+        };
+        let hello = Frame::StreamHello {
+            nonce: *nonce,
+            token: token.clone(),
+        };
+        let (conn, answer) = match dial_and_send(*worker, tls.as_ref(), &hello).await {
+            Ok(v) => v,
+            Err(e) => return StreamEnd::Failed(e.to_string()),
+        };
+        let (answer, early) = answer;
+        if let Err(end) = self.accept_answer(answer, on_accepted) {
+            return end;
+        }
+        let _ = local.set_nodelay(true);
+        let up = std::sync::atomic::AtomicU64::new(0);
+        let down = std::sync::atomic::AtomicU64::new(0);
+        let result = async {
+            let mut local = local;
+            if !early.is_empty() {
+                tokio::io::AsyncWriteExt::write_all(&mut local, &early).await?;
+                down.fetch_add(early.len() as u64, Ordering::Relaxed);
+            }
+            match conn {
+                StreamConn::Plain(s) => crate::splice::relay(&local, &s, &up, &down).await,
+                StreamConn::Tls(s) => {
+                    crate::stream_transport::copy_counted(local, *s, &up, &down).await
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => StreamEnd::Done(up.into_inner(), down.into_inner()),
+            Err(e) => StreamEnd::Failed(e.to_string()),
+        }
+    }
+
     /// Resolves when the worker ends the session, with its reason.
     pub async fn ended(&self) -> TerminationReason {
-        match self.conn.closed().await {
+        let conn = match &self.inner {
+            Inner::Quic { conn, .. } => conn,
+            Inner::Stream { ended, .. } => {
+                let mut rx = ended.clone();
+                return match rx.wait_for(Option::is_some).await {
+                    Ok(r) => r.unwrap_or(TerminationReason::Unknown),
+                    Err(_) => TerminationReason::NetworkError,
+                };
+            }
+        };
+        match conn.closed().await {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 TerminationReason::from_close_code(c.error_code.into_inner())
                     .unwrap_or(TerminationReason::Unknown)
@@ -267,15 +440,86 @@ impl ClientSession {
 
     /// Ends the session from the client side and waits (briefly) for the worker to hear it.
     pub async fn close(&self) {
-        self.conn.close(CLOSE_CLIENT_DONE.into(), b"client done");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+        match &self.inner {
+            Inner::Quic { conn, endpoint, .. } => {
+                conn.close(CLOSE_CLIENT_DONE.into(), b"client done");
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle())
+                        .await;
+            }
+            Inner::Stream { close, ended, .. } => {
+                if let Some(tx) = close.lock().await.take() {
+                    let _ = tx.send(());
+                }
+                let mut rx = ended.clone();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    rx.wait_for(Option::is_some),
+                )
+                .await;
+            }
+        }
     }
 
     /// The session id.
     pub fn session_id(&self) -> &str {
         &self.claims.session_id
     }
+}
+
+/// A TCP (or TLS over TCP) connection to the worker, with bytes read past the last frame.
+enum StreamConn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl StreamConn {
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, Refusal> {
+        match self {
+            StreamConn::Plain(s) => crate::stream_transport::read_frame(s, buf).await,
+            StreamConn::Tls(s) => crate::stream_transport::read_frame(s, buf).await,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = match self {
+            StreamConn::Plain(s) => s.shutdown().await,
+            StreamConn::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+async fn dial_and_send(
+    worker: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    hello: &Frame,
+) -> std::io::Result<(StreamConn, (Frame, BytesMut))> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(worker).await?;
+    tcp.set_nodelay(true)?;
+    let bytes = hello.to_vec();
+    let mut conn = match tls {
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from(crate::tls::WORKER_SERVER_NAME)
+                .map_err(std::io::Error::other)?;
+            let mut s = connector.connect(name, tcp).await?;
+            s.write_all(&bytes).await?;
+            s.flush().await?;
+            StreamConn::Tls(Box::new(s))
+        }
+        None => {
+            let mut tcp = tcp;
+            tcp.write_all(&bytes).await?;
+            StreamConn::Plain(tcp)
+        }
+    };
+    let mut buf = BytesMut::new();
+    let frame = conn
+        .read_frame(&mut buf)
+        .await
+        .map_err(|r| std::io::Error::other(r.message))?;
+    Ok((conn, (frame, buf)))
 }
 
 mod bs58 {

@@ -15,6 +15,8 @@ mod net;
 mod registry;
 mod relay;
 mod server;
+mod splice;
+mod stream_transport;
 pub mod tls;
 
 pub use registry::unix_now;

@@ -21,3 +21,46 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
+
+/// A non-blocking TCP listener that other worker threads can bind too.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Binds, for each of `threads`, a UDP socket (QUIC) and a TCP listener (TLS and TCP
+/// transports) on one shared port number. With port 0 the port is picked for UDP and tried for
+/// TCP, a few times if TCP has it taken.
+pub fn bind_all(
+    addr: SocketAddr,
+    threads: usize,
+) -> std::io::Result<(
+    SocketAddr,
+    Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+)> {
+    let mut last_err = None;
+    for _ in 0..8 {
+        let first = bind_udp(addr, true)?;
+        let local = first.local_addr()?;
+        let tcp = match bind_tcp(local) {
+            Ok(t) => t,
+            Err(e) if addr.port() == 0 => {
+                last_err = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = vec![(first, tcp)];
+        for _ in 1..threads {
+            out.push((bind_udp(local, true)?, bind_tcp(local)?));
+        }
+        return Ok((local, out));
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port")))
+}

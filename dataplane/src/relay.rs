@@ -39,8 +39,10 @@ async fn write_all_vectored(
     let mut start = 0;
     while start < bufs.len() {
         let mut n = {
-            let slices: Vec<std::io::IoSlice<'_>> =
-                bufs[start..].iter().map(|b| std::io::IoSlice::new(b)).collect();
+            let slices: Vec<std::io::IoSlice<'_>> = bufs[start..]
+                .iter()
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
             w.write_vectored(&slices).await?
         };
         if n == 0 {

@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub handshake_timeout: Duration,
     /// Time allowed to connect to a target.
     pub dial_timeout: Duration,
+    /// Accept the plaintext `tcp` transport (trusted networks and measurements only).
+    pub allow_plaintext: bool,
 }
 
 impl WorkerConfig {
@@ -52,6 +54,7 @@ impl WorkerConfig {
             key_der,
             handshake_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(10),
+            allow_plaintext: false,
         }
     }
 }
@@ -84,24 +87,23 @@ impl Worker {
         } else {
             config.threads
         };
-        let server_config = crate::tls::server_config(
+        let tls = crate::tls::rustls_server_config(
             config.cert_chain.clone(),
             PrivateKeyDer::try_from(config.key_der.clone())
                 .map_err(|e| std::io::Error::other(format!("worker key: {e}")))?,
         )
         .map_err(|e| std::io::Error::other(format!("worker TLS config: {e}")))?;
-        let first = crate::net::bind_udp(config.listen_addr, true)?;
-        let local_addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..threads {
-            sockets.push(crate::net::bind_udp(local_addr, true)?);
-        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()));
+        let server_config = crate::tls::server_config(tls)
+            .map_err(|e| std::io::Error::other(format!("worker QUIC config: {e}")))?;
+        let (local_addr, sockets) = crate::net::bind_all(config.listen_addr, threads)?;
         let registry = Arc::new(Registry::new(config.worker_id.clone(), keys, events));
         let (stop, _) = watch::channel(false);
         let config = Arc::new(config);
         let mut handles = Vec::new();
-        for (i, socket) in sockets.into_iter().enumerate() {
+        for (i, (socket, listener)) in sockets.into_iter().enumerate() {
             let registry = registry.clone();
+            let acceptor = acceptor.clone();
             let server_config = server_config.clone();
             let stop = stop.subscribe();
             let config = config.clone();
@@ -120,7 +122,16 @@ impl Worker {
                     };
                     let span = info_span!("worker", thread = i);
                     rt.block_on(
-                        serve(registry, config, server_config, socket, stop).instrument(span),
+                        serve(
+                            registry,
+                            config,
+                            server_config,
+                            acceptor,
+                            socket,
+                            listener,
+                            stop,
+                        )
+                        .instrument(span),
                     );
                 })?;
             handles.push(handle);
@@ -201,9 +212,18 @@ async fn serve(
     registry: Arc<Registry>,
     config: Arc<WorkerConfig>,
     server_config: quinn::ServerConfig,
+    acceptor: tokio_rustls::TlsAcceptor,
     socket: std::net::UdpSocket,
+    listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "could not start TCP listener");
+            return;
+        }
+    };
     let endpoint = match quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),
@@ -228,6 +248,16 @@ async fn serve(
                         .instrument(info_span!("client", %remote))
                         .await;
                 });
+            }
+            accepted = listener.accept() => {
+                let Ok((tcp, remote)) = accepted else { continue };
+                let registry = registry.clone();
+                let config = config.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(
+                    crate::stream_transport::handle(registry, config, acceptor, tcp)
+                        .instrument(info_span!("client", %remote, transport = "tcp")),
+                );
             }
             _ = stop.wait_for(|s| *s) => break,
         }
@@ -332,7 +362,7 @@ async fn handle_connection(
         .await;
 }
 
-fn arm_expiry(session: Arc<LiveSession>) {
+pub(crate) fn arm_expiry(session: Arc<LiveSession>) {
     let secs_left = session.claims.expires_at.saturating_sub(unix_now());
     let at = tokio::time::Instant::now() + Duration::from_secs(secs_left);
     tokio::spawn(async move {

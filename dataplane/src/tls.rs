@@ -44,17 +44,22 @@ pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
     t
 }
 
-/// The worker's QUIC server configuration.
-pub fn server_config(
+/// The worker's TLS 1.3 configuration, shared by its QUIC and TLS listeners.
+pub fn rustls_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<quinn::ServerConfig, rustls::Error> {
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
     tls.max_early_data_size = 0;
+    Ok(tls)
+}
+
+/// The worker's QUIC server configuration.
+pub fn server_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, rustls::Error> {
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| rustls::Error::General(format!("quic server config: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -65,6 +70,18 @@ pub fn server_config(
 /// The client's QUIC configuration: trusts only a worker whose chain includes the CA with
 /// `ca_fingerprint` (pinned in the token) and whose certificate that CA signed.
 pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, rustls::Error> {
+    let tls = rustls_client_config(ca_fingerprint)?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("quic client config: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(true)));
+    Ok(cfg)
+}
+
+/// The client's TLS 1.3 configuration, pinned to the cluster CA as for QUIC.
+pub fn rustls_client_config(
+    ca_fingerprint: [u8; 32],
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -75,11 +92,7 @@ pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, ru
         }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls)
-        .map_err(|e| rustls::Error::General(format!("quic client config: {e}")))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config(true)));
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// Verifies a worker against the CA pinned in the token: the worker sends the CA certificate as

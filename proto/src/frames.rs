@@ -25,6 +25,8 @@ const T_HELLO_ACCEPTED: u8 = 2;
 const T_STREAM_OPEN: u8 = 3;
 const T_STREAM_ACCEPTED: u8 = 4;
 const T_REFUSED: u8 = 5;
+const T_STREAM_HELLO: u8 = 6;
+const T_SESSION_ENDED: u8 = 7;
 
 /// One control frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,17 @@ pub enum Frame {
     },
     /// Worker → client: refused, with a reason for the user.
     Refused(Refusal),
+    /// Client → worker on the TCP and TLS transports: present the token and open a proxied
+    /// connection on this same TCP connection (one TCP connection per proxied connection).
+    StreamHello {
+        /// The nonce of the `connect` process, as in its [`Frame::ClientHello`].
+        nonce: [u8; NONCE_LEN],
+        /// The token in its binary form.
+        token: Vec<u8>,
+    },
+    /// Worker → client on the control connection of the TCP and TLS transports: the session
+    /// has ended (QUIC carries this as the connection's close code instead).
+    SessionEnded(crate::TerminationReason),
 }
 
 impl Frame {
@@ -82,6 +95,15 @@ impl Frame {
                 out.push(T_REFUSED);
                 out.push(r.kind.wire());
                 put_vec16(out, r.message.as_bytes());
+            }
+            Self::StreamHello { nonce, token } => {
+                out.push(T_STREAM_HELLO);
+                out.extend_from_slice(nonce);
+                put_vec16(out, token);
+            }
+            Self::SessionEnded(reason) => {
+                out.push(T_SESSION_ENDED);
+                out.push(reason.wire());
             }
         }
         let len = u16::try_from(out.len() - start - 2).expect("frame within u16");
@@ -136,6 +158,19 @@ impl Frame {
                 let message =
                     String::from_utf8(msg.to_vec()).map_err(|_| DecodeError::NotUtf8("message"))?;
                 Self::Refused(Refusal { kind, message })
+            }
+            T_STREAM_HELLO => Self::StreamHello {
+                nonce: r.array("nonce")?,
+                token: r.vec16(MAX_BINARY, "token")?.to_vec(),
+            },
+            T_SESSION_ENDED => {
+                let code = r.u8("termination reason")?;
+                Self::SessionEnded(crate::TerminationReason::from_wire(code).ok_or(
+                    DecodeError::Unknown {
+                        field: "termination reason",
+                        value: code.into(),
+                    },
+                )?)
             }
             other => {
                 return Err(DecodeError::Unknown {
@@ -197,8 +232,9 @@ mod tests {
         assert!(Frame::decode(&[0xff, 0xff]).is_err());
         // A declared length with trailing bytes inside it.
         assert!(Frame::decode(&[0, 2, T_STREAM_OPEN, 0]).is_err());
-        // An unknown refusal kind.
+        // An unknown refusal kind, and an unknown termination reason.
         assert!(Frame::decode(&[0, 4, T_REFUSED, 0, 0, 0]).is_err());
+        assert!(Frame::decode(&[0, 2, T_SESSION_ENDED, 200]).is_err());
     }
 
     #[test]

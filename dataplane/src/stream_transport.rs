@@ -1,0 +1,339 @@
+//! The worker side of the `tls` and `tcp` transports: TCP connections on the same port number
+//! as the QUIC listener, one per proxied connection plus one control connection per session.
+//!
+//! The first byte tells them apart: a TLS record starts with 0x16, while a Sluice frame starts
+//! with the high byte of its length, at most 0x10 (frames are at most 4 KiB).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use sluice_proto::frames::Frame;
+use sluice_proto::{ConnectionClosedReason, Refusal, RefusalKind, TerminationReason};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::registry::{unix_now, Admitted, LiveSession, Registry};
+use crate::server::{arm_expiry, WorkerConfig};
+
+const TLS_HANDSHAKE: u8 = 0x16;
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Reads one frame, buffering whatever follows it in `buf`.
+pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Frame, Refusal> {
+    loop {
+        match Frame::decode(buf) {
+            Ok(Some((frame, used))) => {
+                buf.advance(used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Refusal::new(
+                    RefusalKind::Protocol,
+                    format!("bad frame: {e}"),
+                ))
+            }
+        }
+        buf.reserve(4096);
+        match s.read_buf(buf).await {
+            Ok(0) => {
+                return Err(Refusal::new(
+                    RefusalKind::Protocol,
+                    "the connection closed before a complete frame arrived",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Refusal::new(RefusalKind::Protocol, format!("read: {e}"))),
+        }
+    }
+}
+
+/// Serves one accepted TCP connection.
+pub(crate) async fn handle(
+    registry: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    let client_addr = tcp
+        .peer_addr()
+        .map_or_else(|_| "unknown".into(), |a| a.to_string());
+    if first[0] == TLS_HANDSHAKE {
+        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return debug!("TLS handshake timed out"),
+        };
+        serve(
+            registry,
+            config,
+            Conn::Tls(Box::new(tls)),
+            client_addr,
+            deadline,
+        )
+        .await;
+    } else if config.allow_plaintext {
+        serve(registry, config, Conn::Plain(tcp), client_addr, deadline).await;
+    } else {
+        let mut tcp = tcp;
+        let refusal = Refusal::new(
+            RefusalKind::Protocol,
+            "this worker does not accept the plaintext tcp transport; use -transport tls or quic",
+        );
+        let _ = tcp.write_all(&Frame::Refused(refusal).to_vec()).await;
+        let _ = tcp.shutdown().await;
+    }
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, Refusal> {
+        match self {
+            Conn::Plain(s) => read_frame(s, buf).await,
+            Conn::Tls(s) => read_frame(s, buf).await,
+        }
+    }
+
+    async fn send(&mut self, frame: &Frame) -> std::io::Result<()> {
+        let bytes = frame.to_vec();
+        match self {
+            Conn::Plain(s) => s.write_all(&bytes).await,
+            Conn::Tls(s) => {
+                s.write_all(&bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn refuse(mut self, refusal: Refusal) {
+        debug!(kind = ?refusal.kind, message = %refusal.message, "refused client");
+        let _ = self.send(&Frame::Refused(refusal)).await;
+        let _ = match &mut self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+async fn serve(
+    registry: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+    mut conn: Conn,
+    client_addr: String,
+    deadline: tokio::time::Instant,
+) {
+    let mut buf = BytesMut::new();
+    let frame = match tokio::time::timeout_at(deadline, conn.read_frame(&mut buf)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(r)) => return conn.refuse(r).await,
+        Err(_) => {
+            return conn
+                .refuse(Refusal::new(
+                    RefusalKind::Protocol,
+                    "timed out waiting for the client to present its token",
+                ))
+                .await
+        }
+    };
+    let (nonce, token, control) = match frame {
+        Frame::ClientHello { nonce, token } => (nonce, token, true),
+        Frame::StreamHello { nonce, token } => (nonce, token, false),
+        _ => {
+            return conn
+                .refuse(Refusal::new(
+                    RefusalKind::Protocol,
+                    "expected a client hello",
+                ))
+                .await
+        }
+    };
+    let session = match registry.admit(&token, nonce, unix_now()) {
+        Ok(Admitted::New(s)) => {
+            arm_expiry(s.clone());
+            s
+        }
+        Ok(Admitted::Existing(s)) => s,
+        Err(r) => return conn.refuse(r).await,
+    };
+    if control {
+        control_connection(session, conn).await;
+    } else {
+        data_connection(session, config, conn, buf, client_addr).await;
+    }
+}
+
+/// Holds the session's control connection: tells the client when the session ends, and ends
+/// the session when the client goes away.
+async fn control_connection(session: Arc<LiveSession>, mut conn: Conn) {
+    let accepted = Frame::HelloAccepted {
+        connections_left: session.claims.connection_limit.max(-1),
+        expires_at: session.claims.expires_at,
+    };
+    if conn.send(&accepted).await.is_err() {
+        return session.end(TerminationReason::NetworkError);
+    }
+    info!(session = %session.claims.session_id, "client admitted (stream transport)");
+    let mut sink = [0u8; 64];
+    let client_gone = async {
+        loop {
+            let r = match &mut conn {
+                Conn::Plain(s) => s.read(&mut sink).await,
+                Conn::Tls(s) => s.read(&mut sink).await,
+            };
+            match r {
+                Ok(0) => return TerminationReason::ClosedByEndUser,
+                Ok(_) => {}
+                Err(_) => return TerminationReason::NetworkError,
+            }
+        }
+    };
+    let ended = tokio::select! {
+        reason = client_gone => {
+            session.end(reason);
+            None
+        }
+        reason = session.wait_end() => Some(reason),
+    };
+    if let Some(reason) = ended {
+        let _ = conn.send(&Frame::SessionEnded(reason)).await;
+        let _ = match &mut conn {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+async fn data_connection(
+    session: Arc<LiveSession>,
+    config: Arc<WorkerConfig>,
+    mut conn: Conn,
+    early: BytesMut,
+    client_addr: String,
+) {
+    let ticket = match session.open_connection() {
+        Ok(t) => t,
+        Err(r) => return conn.refuse(r).await,
+    };
+    let endpoint = session.claims.endpoint.clone();
+    let target = match tokio::time::timeout(
+        config.dial_timeout,
+        TcpStream::connect(endpoint.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            session.abandon_connection();
+            return conn
+                .refuse(Refusal::new(
+                    RefusalKind::TargetUnreachable,
+                    format!("the worker could not connect to {endpoint}: {e}"),
+                ))
+                .await;
+        }
+        Err(_) => {
+            session.abandon_connection();
+            return conn
+                .refuse(Refusal::new(
+                    RefusalKind::TargetUnreachable,
+                    format!("the worker timed out connecting to {endpoint}"),
+                ))
+                .await;
+        }
+    };
+    let _ = target.set_nodelay(true);
+    let endpoint_addr = target.peer_addr().map_or(endpoint, |a| a.to_string());
+    let accepted = Frame::StreamAccepted {
+        connections_left: ticket.connections_left,
+    };
+    if conn.send(&accepted).await.is_err() {
+        return session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
+    }
+    session.emit_opened(&ticket, client_addr, endpoint_addr);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let relay = async {
+        let mut target = target;
+        if !early.is_empty() {
+            target.write_all(&early).await?;
+            up.fetch_add(early.len() as u64, Ordering::Relaxed);
+        }
+        match conn {
+            Conn::Plain(client) => crate::splice::relay(&client, &target, &up, &down).await,
+            Conn::Tls(client) => copy_counted(*client, target, &up, &down).await,
+        }
+    };
+    let reason = tokio::select! {
+        r = relay => match r {
+            Ok(()) => ConnectionClosedReason::ClosedByEndUser,
+            Err(e) => match session.ended() {
+                Some(t) => ConnectionClosedReason::from_termination(t),
+                None => {
+                    debug!(error = %e, "connection failed");
+                    ConnectionClosedReason::NetworkError
+                }
+            },
+        },
+        r = session.wait_end() => ConnectionClosedReason::from_termination(r),
+    };
+    session.close_connection(
+        &ticket,
+        up.load(Ordering::Relaxed),
+        down.load(Ordering::Relaxed),
+        reason,
+    );
+}
+
+/// Copies both ways between a TLS stream and a TCP socket with one owned 64 KiB buffer per
+/// direction, counting bytes as they move (so a cancel mid-transfer still reports them).
+pub(crate) async fn copy_counted<A, B>(
+    a: A,
+    b: B,
+    a_to_b: &AtomicU64,
+    b_to_a: &AtomicU64,
+) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    tokio::try_join!(
+        copy_one(&mut ar, &mut bw, a_to_b),
+        copy_one(&mut br, &mut aw, b_to_a)
+    )
+    .map(|_| ())
+}
+
+async fn copy_one<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+    count: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

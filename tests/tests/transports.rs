@@ -1,0 +1,98 @@
+//! The `tls` and `tcp` transports end to end: same commands, same refusals, same cancel.
+
+use std::time::Duration;
+
+use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
+
+fn dev_for(sshd: &Sshd, extra: &[&str]) -> Dev {
+    let port = sshd.port.to_string();
+    let mut args = vec![
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        port.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Dev::start(&args)
+}
+
+fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::process::Output {
+    let mut args = vec![
+        "connect",
+        "ssh",
+        "-transport",
+        transport,
+        "-target-id",
+        "ttcp_1234567890",
+        "-username",
+        sshd.user.as_str(),
+        "--",
+    ];
+    let opts = sshd.client_opts();
+    args.extend(opts.iter().map(String::as_str));
+    args.push(remote);
+    dev.sluice(&args)
+}
+
+#[test]
+fn ssh_works_over_tls_and_allowed_plaintext_tcp() {
+    let sshd = Sshd::start();
+    let dev = dev_for(&sshd, &["-worker-allow-plaintext"]);
+    for transport in ["tls", "tcp", "quic"] {
+        let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
+    }
+}
+
+#[test]
+fn plaintext_is_refused_unless_the_worker_allows_it() {
+    let sshd = Sshd::start();
+    let dev = dev_for(&sshd, &[]);
+    let out = ssh_through(&dev, &sshd, "tcp", "true");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not accept the plaintext tcp transport"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ssh_through(&dev, &sshd, "tls", "true").status.success());
+}
+
+#[test]
+fn cancel_and_limits_work_the_same_over_tls() {
+    let sshd = Sshd::start();
+    let dev = dev_for(&sshd, &["-target-session-connection-limit", "2"]);
+    let mut conn = Connect::start(
+        &dev,
+        &[
+            "connect",
+            "-transport",
+            "tls",
+            "-target-id",
+            "ttcp_1234567890",
+        ],
+    );
+    assert!(sshd.ssh(conn.port, "true").status().unwrap().success());
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh over tls", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    // Two of two connections used: a third is refused while the second is open.
+    assert!(!sshd.ssh(conn.port, "true").status().unwrap().success());
+    let read = dev.read_session(&conn.session_id);
+    assert_eq!(Dev::field(&read, "Status").as_deref(), Some("active"));
+    dev.ok(&["sessions", "cancel", "-id", &conn.session_id]);
+    assert!(!live.wait(Duration::from_secs(10)).success());
+    conn.proc.wait(Duration::from_secs(10));
+    assert!(
+        conn.proc.stdout().contains("Reason: Session was canceled"),
+        "{}",
+        conn.proc.stdout()
+    );
+    let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(10));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
+}

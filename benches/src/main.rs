@@ -1,41 +1,261 @@
-//! `sluice-bench`: for now, the cost of the worker's admission step (token decode + Ed25519
-//! verify), the one piece of per-session work on the worker's critical path. The full harness
-//! (direct TCP vs Sluice vs HAProxy/nginx/socat/ssh -L) is issue 3.
+//! `sluice-bench`: Sluice as users run it (`sluice dev` + `sluice connect`, real processes),
+//! next to direct TCP and, when installed, HAProxy, nginx, socat and `ssh -L`, all in one run.
+//! Every figure is also given as a ratio to direct TCP (or to a peer) measured in the same run,
+//! because absolute numbers on these shared machines drift by 2x.
+//!
+//! `sluice-bench [--quick] [--out DIR] [--sluice PATH]`. `--quick` finishes in well under a
+//! minute and runs in CI so the harness keeps working; a full run is what `benches/RESULTS.md`
+//! records. Writes `DIR/results.json` and `DIR/latency.svg`.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
+mod measure;
+mod peers;
+mod procs;
+mod report;
+mod sluice;
+mod target;
 
-use sluice_proto::{AuthzToken, KeySet, SignedToken, TokenSigner};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let n: u32 = if quick { 2_000 } else { 50_000 };
-    let signer = TokenSigner::from_seed(&[3; 32]);
-    let mut keys = KeySet::default();
-    keys.insert(signer.verifying_key());
-    let claims = AuthzToken {
-        session_id: "s_h7vBIhH5SZ".into(),
-        target_id: "ttcp_1234567890".into(),
-        user_id: "u_1234567890".into(),
-        host_id: "hst_1234567890".into(),
-        endpoint: "localhost:22".into(),
-        issued_at: 1_700_000_000,
-        expires_at: 1_700_028_800,
-        connection_limit: -1,
-        worker_id: "w_1234567890".into(),
-        worker_addr: "127.0.0.1:9202".into(),
-        ca_fingerprint: [7; 32],
+use anyhow::Context;
+use serde::Serialize;
+
+use measure::Percentiles;
+
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    sluice: Option<PathBuf>,
+}
+
+fn parse_opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        quick: false,
+        out: PathBuf::from("benches/out"),
+        sluice: None,
     };
-    let text = signer.sign(&claims).expect("sign");
-    let start = Instant::now();
-    for _ in 0..n {
-        let t = SignedToken::decode(&text).expect("decode");
-        keys.verify(&t, 1_700_000_001, "w_1234567890")
-            .expect("verify");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = args.next().context("--out needs a directory")?.into(),
+            "--sluice" => o.sluice = Some(args.next().context("--sluice needs a path")?.into()),
+            "-h" | "--help" => {
+                println!("usage: sluice-bench [--quick] [--out DIR] [--sluice PATH]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?}; see --help"),
+        }
     }
-    let per = start.elapsed() / n;
-    println!(
-        "token decode+verify: {per:?} per token over {n} tokens ({} chars)",
-        text.len()
-    );
+    Ok(o)
+}
+
+/// What one path measured.
+#[derive(Debug, Serialize)]
+pub struct PathResult {
+    pub name: String,
+    pub bulk_mb_s: f64,
+    pub bulk_vs_direct: f64,
+    pub proxy_cpu_s_per_gib: Option<f64>,
+    pub closed_loop_us: Percentiles,
+    pub added_p50_us: f64,
+    pub open_loop_us: Percentiles,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Results {
+    pub date: String,
+    pub machine: String,
+    pub quick: bool,
+    pub paths: Vec<PathResult>,
+    pub setup_us: Vec<(String, Percentiles)>,
+    pub connect_ready_ms: Vec<f64>,
+    pub authorize_per_s: f64,
+    pub cancel_ms: Option<Percentiles>,
+    pub idle: Option<report::Idle>,
+    pub skipped: Vec<String>,
+}
+
+type DialFn<'a> = Box<dyn Fn() -> anyhow::Result<TcpStream> + Sync + 'a>;
+
+struct Path<'a> {
+    name: String,
+    dial: DialFn<'a>,
+    pids: Vec<u32>,
+}
+
+fn dial_port(port: u16) -> impl Fn() -> anyhow::Result<TcpStream> + Sync {
+    move || Ok(TcpStream::connect(("127.0.0.1", port))?)
+}
+
+fn measure_path(
+    p: &Path<'_>,
+    quick: bool,
+    direct: Option<(f64, f64)>,
+) -> anyhow::Result<PathResult> {
+    let (rounds, bytes) = if quick {
+        (1, 128u64 << 20)
+    } else {
+        (5, 1u64 << 30)
+    };
+    let cpu0 = procs::tree_cpu(&p.pids);
+    let mut mbs = Vec::new();
+    for _ in 0..rounds {
+        mbs.push(
+            measure::bulk(&*p.dial, bytes).with_context(|| format!("bulk through {}", p.name))?,
+        );
+    }
+    let cpu = procs::tree_cpu(&p.pids) - cpu0;
+    let gib = (bytes * rounds as u64) as f64 / (1u64 << 30) as f64;
+    let bulk = measure::median(&mut mbs);
+    let n = if quick { 2_000 } else { 20_000 };
+    let closed = Percentiles::of(&measure::closed_loop(&*p.dial, n)?);
+    let (rate, secs) = if quick { (2_000, 1) } else { (5_000, 4) };
+    let open = Percentiles::of(&measure::open_loop(
+        &*p.dial,
+        rate,
+        Duration::from_secs(secs),
+    )?);
+    let (direct_bulk, direct_p50) = direct.unwrap_or((bulk, closed.p50));
+    Ok(PathResult {
+        name: p.name.clone(),
+        bulk_mb_s: bulk,
+        bulk_vs_direct: bulk / direct_bulk,
+        proxy_cpu_s_per_gib: (!p.pids.is_empty()).then_some(cpu / gib),
+        added_p50_us: closed.p50 - direct_p50,
+        closed_loop_us: closed,
+        open_loop_us: open,
+    })
+}
+
+fn run(o: &Opts) -> anyhow::Result<Results> {
+    let _ = rlimit::increase_nofile_limit(200_000);
+    let bin = procs::sluice_bin(o.sluice.as_deref())?;
+    let target = target::start()?;
+    let dev = sluice::Dev::start(&bin, target)?;
+    let mut r = Results {
+        date: String::from_utf8(
+            std::process::Command::new("date")
+                .arg("-u")
+                .arg("+%Y-%m-%d %H:%M UTC")
+                .output()?
+                .stdout,
+        )?
+        .trim()
+        .to_owned(),
+        machine: report::machine(),
+        quick: o.quick,
+        ..Default::default()
+    };
+
+    // Connect processes, one per transport; their start-up time is a measurement too.
+    let mut connects = Vec::new();
+    for t in ["quic", "tls", "tcp"] {
+        let (p, port, sid, ready) = dev.connect(t)?;
+        if t == "quic" {
+            r.connect_ready_ms.push(ready.as_secs_f64() * 1000.0);
+        }
+        connects.push((t, p, port, sid));
+    }
+    for _ in 0..if o.quick { 2 } else { 9 } {
+        let (_p, _, _, ready) = dev.connect("quic")?;
+        r.connect_ready_ms.push(ready.as_secs_f64() * 1000.0);
+    }
+    let token = dev.token()?;
+    let nonce: [u8; 16] = rand::random();
+    let worker = dev.worker.clone();
+    let hop = move || sluice::worker_hop(&worker, &token, nonce);
+    let (peers, skipped) = peers::start_all(target, o.quick);
+    r.skipped = skipped;
+
+    let mut paths: Vec<Path<'_>> = vec![Path {
+        name: "direct TCP".into(),
+        dial: Box::new(dial_port(target)),
+        pids: vec![],
+    }];
+    paths.push(Path {
+        name: "sluice worker hop, tcp".into(),
+        dial: Box::new(hop),
+        pids: vec![dev.proc.pid()],
+    });
+    for (t, p, port, _) in &connects {
+        paths.push(Path {
+            name: format!("sluice full path, {t}"),
+            dial: Box::new(dial_port(*port)),
+            pids: vec![dev.proc.pid(), p.pid()],
+        });
+    }
+    for peer in &peers {
+        paths.push(Path {
+            name: peer.name.clone(),
+            dial: Box::new(dial_port(peer.port)),
+            pids: peer.pids(),
+        });
+    }
+    let mut direct = None;
+    for p in &paths {
+        eprintln!("measuring {}", p.name);
+        let res = measure_path(p, o.quick, direct)?;
+        if direct.is_none() {
+            direct = Some((res.bulk_mb_s, res.closed_loop_us.p50));
+        }
+        r.paths.push(res);
+    }
+
+    // New connection inside an open session → first echoed byte.
+    let setups = if o.quick { 200 } else { 2_000 };
+    for p in paths
+        .iter()
+        .filter(|p| p.name == "direct TCP" || p.name.starts_with("sluice full path"))
+    {
+        r.setup_us.push((
+            p.name.clone(),
+            Percentiles::of(&measure::setup(&*p.dial, setups)?),
+        ));
+    }
+    drop(connects);
+
+    r.authorize_per_s = report::authorize_rate(&dev, if o.quick { 1 } else { 5 })?;
+    r.cancel_ms = Some(report::cancel_latency(
+        &dev,
+        if o.quick { 3 } else { 20 },
+        if o.quick { 5 } else { 20 },
+    )?);
+    r.idle = Some(report::idle(&dev, if o.quick { 500 } else { 10_000 })?);
+    Ok(r)
+}
+
+fn main() -> std::process::ExitCode {
+    let o = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    match run(&o) {
+        Ok(r) => {
+            print!("{}", report::table(&r));
+            if let Err(e) = report::write(&r, &o.out) {
+                eprintln!(
+                    "Error: could not write results to {}: {e:#}",
+                    o.out.display()
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+            println!(
+                "\nwrote {}/results.json and latency.svg in {:.0?}",
+                o.out.display(),
+                started.elapsed()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,224 @@
+//! Starting the processes under test and reading their cost from /proc.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+fn ticks_per_second() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on; /proc reports in these ticks.
+    100.0
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU seconds used by `roots` and all their descendants, living and reaped.
+pub fn tree_cpu(roots: &[u32]) -> f64 {
+    let mut parent: HashMap<u32, u32> = HashMap::new();
+    let mut cpu: HashMap<u32, f64> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(f) = stat_fields(pid) else { continue };
+            // Fields after the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            parent.insert(pid, num(1) as u32);
+            cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
+        }
+    }
+    let in_tree = |mut pid: u32| {
+        for _ in 0..64 {
+            if roots.contains(&pid) {
+                return true;
+            }
+            match parent.get(&pid) {
+                Some(&p) if p != 0 && p != pid => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    cpu.iter()
+        .filter(|(pid, _)| in_tree(**pid))
+        .map(|(_, t)| t)
+        .sum::<f64>()
+        / ticks_per_second()
+}
+
+/// Resident memory (bytes) and thread count of one process.
+pub fn rss_and_threads(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
+}
+
+/// A child that is killed when dropped, with its stdout lines on a channel.
+pub struct Proc {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("while starting {cmd:?}"))?;
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                // Keep the tail only: a long run must not grow this without bound.
+                if s.len() > 64 * 1024 {
+                    s.clear();
+                }
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a line satisfies `f`, returning its value.
+    pub fn wait_line<T>(
+        &mut self,
+        limit: Duration,
+        mut f: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + limit;
+        for l in &self.seen {
+            if let Some(v) = f(l) {
+                return Ok(v);
+            }
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let v = f(&l);
+                    self.seen.push(l);
+                    if let Some(v) = v {
+                        return Ok(v);
+                    }
+                }
+                Err(e) => {
+                    let what = match e {
+                        mpsc::RecvTimeoutError::Timeout => "timed out",
+                        mpsc::RecvTimeoutError::Disconnected => "the process exited",
+                    };
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "{what}; output so far:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        self.stderr.lock().unwrap_or_else(|p| p.into_inner())
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `sluice` binary next to this one (both are built by `cargo build --release`).
+pub fn sluice_bin(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.to_owned());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("sluice");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p sluice-cli) or pass --sluice PATH",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Whether a program is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog} >/dev/null 2>&1"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A free TCP port on 127.0.0.1 for peers that cannot bind port 0 and report it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Waits until something accepts TCP on `port`.
+pub fn wait_listening(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listened on port {port} within {limit:?}")
+}

@@ -1,0 +1,315 @@
+//! Control-plane measurements, idle-connection cost, and the table, JSON and plot of a run.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::measure::Percentiles;
+use crate::procs::rss_and_threads;
+use crate::sluice::Dev;
+use crate::Results;
+
+/// CPU model, cores and kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Durable authorize-session calls per second with 64 concurrent clients for `secs`.
+pub fn authorize_rate(dev: &Dev, secs: u64) -> anyhow::Result<f64> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/v1/targets/ttcp_1234567890:authorize-session", dev.api);
+        let ok = Arc::new(AtomicU64::new(0));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (client, url, ok, bearer) =
+                (client.clone(), url.clone(), ok.clone(), dev.bearer.clone());
+            tasks.push(tokio::spawn(async move {
+                while tokio::time::Instant::now() < deadline {
+                    let resp = client
+                        .post(&url)
+                        .bearer_auth(&bearer)
+                        .body("{}")
+                        .send()
+                        .await;
+                    if matches!(resp, Ok(r) if r.status().is_success()) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+fn echo_conn(port: u16) -> anyhow::Result<TcpStream> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.write_all(b"Ex")?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)?;
+    Ok(c)
+}
+
+/// Time from the cancel request to the last of `conns` live connections closing, `runs` times.
+pub fn cancel_latency(dev: &Dev, runs: usize, conns: usize) -> anyhow::Result<Percentiles> {
+    let rt = runtime()?;
+    let client = reqwest::Client::new();
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    for _ in 0..runs {
+        let (_proc, port, sid, _) = dev.connect("quic")?;
+        let live: Vec<TcpStream> = (0..conns)
+            .map(|_| echo_conn(port))
+            .collect::<anyhow::Result<_>>()?;
+        let start = Instant::now();
+        let waiters: Vec<_> = live
+            .into_iter()
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut b = [0u8; 1];
+                    let _ = c.read(&mut b);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        rt.block_on(
+            client
+                .post(format!("{}/v1/sessions/{sid}:cancel", dev.api))
+                .bearer_auth(&dev.bearer)
+                .body("{}")
+                .send(),
+        )?
+        .error_for_status()?;
+        let slowest = waiters
+            .into_iter()
+            .map(|w| w.join().unwrap_or(Duration::from_secs(10)))
+            .max()
+            .unwrap_or_default();
+        h.record(slowest.as_nanos() as u64)?;
+    }
+    let p = Percentiles::of(&h);
+    // Percentiles::of reports microseconds; this figure is in milliseconds.
+    Ok(Percentiles {
+        p50: p.p50 / 1000.0,
+        p90: p.p90 / 1000.0,
+        p99: p.p99 / 1000.0,
+        p999: p.p999 / 1000.0,
+        max: p.max / 1000.0,
+    })
+}
+
+/// Memory and threads for idle proxied connections.
+#[derive(Debug, Serialize)]
+pub struct Idle {
+    pub connections: usize,
+    pub worker_bytes_per_conn: f64,
+    pub worker_extra_threads: i64,
+    pub connect_bytes_per_conn: f64,
+    pub connect_extra_threads: i64,
+}
+
+pub fn idle(dev: &Dev, n: usize) -> anyhow::Result<Idle> {
+    let (p, port, _, _) = dev.connect("quic")?;
+    let worker = dev.proc.pid();
+    let (w0, wt0) = rss_and_threads(worker);
+    let (c0, ct0) = rss_and_threads(p.pid());
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(echo_conn(port).with_context(|| format!("idle connection {i}"))?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (w1, wt1) = rss_and_threads(worker);
+    let (c1, ct1) = rss_and_threads(p.pid());
+    drop(conns);
+    Ok(Idle {
+        connections: n,
+        worker_bytes_per_conn: (w1 as f64 - w0 as f64) / n as f64,
+        worker_extra_threads: wt1 as i64 - wt0 as i64,
+        connect_bytes_per_conn: (c1 as f64 - c0 as f64) / n as f64,
+        connect_extra_threads: ct1 as i64 - ct0 as i64,
+    })
+}
+
+/// The run as a text table.
+pub fn table(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nSluice benchmark, {} ({}){}",
+        r.date,
+        r.machine,
+        if r.quick { ", QUICK" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<26} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "path",
+        "bulk MB/s",
+        "x direct",
+        "CPU-s/GiB",
+        "p50 us",
+        "p99 us",
+        "p99.9",
+        "max us",
+        "+p50 us",
+        "open p99",
+        "open max"
+    );
+    for p in &r.paths {
+        let cpu = p
+            .proxy_cpu_s_per_gib
+            .map_or("-".into(), |c| format!("{c:.2}"));
+        let c = &p.closed_loop_us;
+        let _ = writeln!(
+            s,
+            "{:<26} {:>9.0} {:>8.2} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>9.0} {:>8.1} {:>9.1} {:>9.0}",
+            p.name,
+            p.bulk_mb_s,
+            p.bulk_vs_direct,
+            cpu,
+            c.p50,
+            c.p99,
+            c.p999,
+            c.max,
+            p.added_p50_us,
+            p.open_loop_us.p99,
+            p.open_loop_us.max
+        );
+    }
+    let _ = writeln!(s, "\nnew connection -> first echoed byte (us):");
+    for (name, p) in &r.setup_us {
+        let _ = writeln!(
+            s,
+            "  {name:<26} p50 {:>8.1}  p99 {:>8.1}  max {:>8.0}",
+            p.p50, p.p99, p.max
+        );
+    }
+    let mut ready = r.connect_ready_ms.clone();
+    if !ready.is_empty() {
+        let med = crate::measure::median(&mut ready);
+        let _ = writeln!(
+            s,
+            "\nconnect start -> \"Proxy listening\": median {med:.1} ms, max {:.1} ms ({} runs)",
+            ready.last().copied().unwrap_or(0.0),
+            ready.len()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "durable authorize-session: {:.0}/s (64 concurrent clients)",
+        r.authorize_per_s
+    );
+    if let Some(c) = &r.cancel_ms {
+        let _ = writeln!(
+            s,
+            "cancel -> all live connections closed (ms): p50 {:.1}  p99 {:.1}  max {:.1}",
+            c.p50, c.p99, c.max
+        );
+    }
+    if let Some(i) = &r.idle {
+        let _ = writeln!(
+            s,
+            "{} idle connections: worker {:.1} KiB/conn, {:+} threads; connect {:.1} KiB/conn, {:+} threads",
+            i.connections,
+            i.worker_bytes_per_conn / 1024.0,
+            i.worker_extra_threads,
+            i.connect_bytes_per_conn / 1024.0,
+            i.connect_extra_threads
+        );
+    }
+    for sk in &r.skipped {
+        let _ = writeln!(s, "skipped {sk}");
+    }
+    s
+}
+
+/// Writes `results.json` and `latency.svg` into `dir`.
+pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(r)?)?;
+    let svg = dir.join("latency.svg");
+    let root = SVGBackend::new(&svg, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = r
+        .paths
+        .iter()
+        .map(|p| p.closed_loop_us.max.max(p.open_loop_us.p999))
+        .fold(10.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Round-trip latency, closed loop ({})", r.date),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..4f64, (5f64..top * 1.5).log_scale())?;
+    let labels = ["p50", "p90", "p99", "p99.9", "max"];
+    chart
+        .configure_mesh()
+        .x_labels(5)
+        .x_label_formatter(&|x| {
+            labels
+                .get(x.round() as usize)
+                .copied()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .y_desc("microseconds")
+        .draw()?;
+    for (i, p) in r.paths.iter().enumerate() {
+        let c = &p.closed_loop_us;
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = [c.p50, c.p90, c.p99, c.p999, c.max]
+            .iter()
+            .enumerate()
+            .map(|(x, y)| (x as f64, y.max(5.0)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(p.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -84,6 +84,8 @@ struct Path<'a> {
     name: String,
     dial: DialFn<'a>,
     pids: Vec<u32>,
+    /// A peer's failure is reported and skipped; Sluice's fails the run.
+    peer: bool,
 }
 
 fn dial_port(port: u16) -> impl Fn() -> anyhow::Result<TcpStream> + Sync {
@@ -174,17 +176,20 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         name: "direct TCP".into(),
         dial: Box::new(dial_port(target)),
         pids: vec![],
+        peer: false,
     }];
     paths.push(Path {
         name: "sluice worker hop, tcp".into(),
         dial: Box::new(hop),
         pids: vec![dev.proc.pid()],
+        peer: false,
     });
     for (t, p, port, _) in &connects {
         paths.push(Path {
             name: format!("sluice full path, {t}"),
             dial: Box::new(dial_port(*port)),
             pids: vec![dev.proc.pid(), p.pid()],
+            peer: false,
         });
     }
     for peer in &peers {
@@ -192,15 +197,27 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             name: peer.name.clone(),
             dial: Box::new(dial_port(peer.port)),
             pids: peer.pids(),
+            peer: true,
         });
     }
     let mut direct = None;
     for p in &paths {
         eprintln!("measuring {}", p.name);
-        let res = measure_path(p, o.quick, direct)?;
+        let res = match measure_path(p, o.quick, direct) {
+            Ok(res) => res,
+            Err(e) if p.peer => {
+                r.skipped.push(format!("{}: {e:#}", p.name));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if direct.is_none() {
             direct = Some((res.bulk_mb_s, res.closed_loop_us.p50));
         }
+        eprintln!(
+            "  {:.0} MB/s ({:.2}x direct), CPU {:?} s/GiB, p50 {:.1} us",
+            res.bulk_mb_s, res.bulk_vs_direct, res.proxy_cpu_s_per_gib, res.closed_loop_us.p50
+        );
         r.paths.push(res);
     }
 

@@ -80,7 +80,7 @@ fn nginx(target: u16) -> anyhow::Result<Peer> {
     let d = dir.path().display();
     let cfg = format!(
         "load_module {module};\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 20000; }}\nstream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{target}; }} }}\n"
+         events {{ worker_connections 20000; }}\nstream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{target}; proxy_half_close on; }} }}\n"
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, cfg)?;

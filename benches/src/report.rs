@@ -75,6 +75,7 @@ pub fn authorize_rate(dev: &Dev, secs: u64) -> anyhow::Result<f64> {
 
 fn echo_conn(port: u16) -> anyhow::Result<TcpStream> {
     let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
     c.write_all(b"Ex")?;
     let mut b = [0u8; 1];
     c.read_exact(&mut b)?;

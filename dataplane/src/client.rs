@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use sluice_proto::frames::{Frame, NONCE_LEN};
 use sluice_proto::{AuthzToken, Refusal, RefusalKind, SignedToken, TerminationReason, TokenError};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::relay::{relay, Counts, Outcome};
+use crate::relay::{relay_after, Counts, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How long the QUIC handshake and the token exchange may take.
@@ -234,12 +234,12 @@ impl ClientSession {
 
     /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
     /// connections left once the worker admits it.
-    pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
+    pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32) + Send) -> StreamEnd {
         let conn = match &self.inner {
             Inner::Quic { conn, .. } => conn,
             Inner::Stream { .. } => return self.proxy_stream(tcp, on_accepted).await,
         };
-        let (mut send, mut recv) = match conn.open_bi().await {
+        let (mut send, recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => return StreamEnd::Failed(e.to_string()),
         };
@@ -248,27 +248,25 @@ impl ClientSession {
         if let Err(e) = send.write_all(&Frame::StreamOpen.to_vec()).await {
             return StreamEnd::Failed(e.to_string());
         }
-        let mut buf = BytesMut::new();
-        let answer = loop {
-            match Frame::decode(&buf) {
-                Ok(Some((frame, used))) => {
-                    buf.advance(used);
-                    break frame;
-                }
-                Ok(None) => {}
-                Err(e) => return StreamEnd::Failed(format!("bad answer from worker: {e}")),
+        let counts = Counts::default();
+        let refused = std::sync::Mutex::new(None);
+        let mut on_accepted = Some(on_accepted);
+        let mut answer = |frame: Frame| match self.accept_answer(frame, |left| {
+            if let Some(f) = on_accepted.take() {
+                f(left);
             }
-            match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-                Ok(None) => return StreamEnd::Failed("worker closed the stream".into()),
-                Err(e) => return StreamEnd::Failed(e.to_string()),
+        }) {
+            Ok(()) => Ok(()),
+            Err(end) => {
+                let msg = format!("{end:?}");
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                Err(msg)
             }
         };
-        if let Err(end) = self.accept_answer(answer, on_accepted) {
+        let outcome = relay_after(tcp, send, recv, Bytes::new(), &counts, Some(&mut answer)).await;
+        if let Some(end) = refused.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return end;
         }
-        let counts = Counts::default();
-        let outcome = relay(tcp, send, recv, buf.freeze(), &counts).await;
         let up = counts.tcp_to_quic.load(Ordering::Relaxed);
         let down = counts.quic_to_tcp.load(Ordering::Relaxed);
         match outcome {

@@ -69,14 +69,50 @@ async fn write_all_vectored(
 /// from the QUIC stream (sent right behind its header) and goes to the socket first.
 pub async fn relay(
     tcp: TcpStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    early: Bytes,
+    counts: &Counts,
+) -> Outcome {
+    relay_after(tcp, send, recv, early, counts, None).await
+}
+
+/// Like [`relay`], but when `answer` is given the stream starts with the worker's answer frame:
+/// bytes from the socket flow to the stream at once while the answer is awaited, and bytes
+/// from the stream reach the socket only after `answer` has accepted it. This is how a new
+/// connection costs one round trip, not two.
+pub async fn relay_after(
+    tcp: TcpStream,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     early: Bytes,
     counts: &Counts,
+    answer: Option<&mut (dyn FnMut(sluice_proto::frames::Frame) -> Result<(), String> + Send)>,
 ) -> Outcome {
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
     let to_tcp = async {
+        let mut early = early;
+        if let Some(answer) = answer {
+            let mut buf = BytesMut::from(&early[..]);
+            let frame = loop {
+                match sluice_proto::frames::Frame::decode(&buf) {
+                    Ok(Some((frame, used))) => {
+                        bytes::Buf::advance(&mut buf, used);
+                        break frame;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("bad answer from worker: {e}")),
+                }
+                match recv.read_chunk(usize::MAX, true).await {
+                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+                    Ok(None) => return Err("worker closed the stream".into()),
+                    Err(e) => return Err(format!("read from stream: {e}")),
+                }
+            };
+            answer(frame)?;
+            early = buf.freeze();
+        }
         if !early.is_empty() {
             tw.write_all(&early)
                 .await

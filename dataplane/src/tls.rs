@@ -25,11 +25,15 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
 }
 
+/// Proxied connections one session may have open at once. quinn keeps a few hundred bytes per
+/// open stream, and a client that opens more simply waits for one to close.
+pub const MAX_STREAMS: u32 = 32_768;
+
 /// Transport settings shared by both ends: windows sized for loopback and LAN bandwidth-delay
 /// products, and an idle timeout that ends the sessions of a client that vanished.
 pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4096u32.into())
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((8u32 << 20).into())
         .receive_window((32u32 << 20).into())

@@ -38,8 +38,9 @@ passed=$(awk '/^test result:/ {s += $4} END {print s+0}' "$log")
 failed=$(awk '/^test result:/ {s += $6} END {print s+0}' "$log")
 rm -f "$log"
 
-step "benchmark harness smoke run"
-cargo run -q -p sluice-bench --locked -- --quick
+step "benchmark harness, quick run (release build; figures are indicative, see benches/RESULTS.md)"
+cargo build -q --release --locked -p sluice-cli -p sluice-bench
+./target/release/sluice-bench --quick --out target/bench-quick
 
 step "fuzz token decoding (30 s)"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -55,6 +55,9 @@ pub(crate) struct LiveSession {
     end_tx: watch::Sender<Option<TerminationReason>>,
     next_connection: AtomicU64,
     registry: Arc<Registry>,
+    /// The endpoint's addresses, resolved once per session: a host name such as `localhost`
+    /// would otherwise go through the blocking resolver pool on every connection.
+    endpoint_addrs: tokio::sync::OnceCell<Vec<std::net::SocketAddr>>,
 }
 
 #[derive(Default)]
@@ -140,6 +143,7 @@ impl Registry {
             end_tx,
             next_connection: AtomicU64::new(1),
             registry: self.clone(),
+            endpoint_addrs: tokio::sync::OnceCell::new(),
             claims,
         });
         inner
@@ -340,6 +344,31 @@ impl LiveSession {
                 return TerminationReason::SystemError;
             }
         }
+    }
+
+    /// Connects to the session's endpoint, trying each of its addresses in turn.
+    pub async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let addrs = self
+            .endpoint_addrs
+            .get_or_try_init(|| async {
+                tokio::net::lookup_host(self.claims.endpoint.as_str())
+                    .await
+                    .map(Iterator::collect::<Vec<_>>)
+            })
+            .await?;
+        let mut last = None;
+        for a in addrs {
+            match tokio::net::TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the endpoint resolved to no address",
+            )
+        }))
     }
 
     pub fn emit_opened(

@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_proto::cluster::WorkerEvent;
 use sluice_proto::frames::Frame;
 use sluice_proto::{ConnectionClosedReason, KeySet, Refusal, RefusalKind, TerminationReason};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -274,34 +273,6 @@ fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
     );
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<Frame, Refusal> {
-    loop {
-        match Frame::decode(buf) {
-            Ok(Some((frame, used))) => {
-                buf.advance(used);
-                return Ok(frame);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Refusal::new(
-                    RefusalKind::Protocol,
-                    format!("bad frame from client: {e}"),
-                ))
-            }
-        }
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => {
-                return Err(Refusal::new(
-                    RefusalKind::Protocol,
-                    "client closed the stream before sending its header",
-                ))
-            }
-            Err(e) => return Err(Refusal::new(RefusalKind::Protocol, format!("stream: {e}"))),
-        }
-    }
-}
-
 async fn handle_connection(
     registry: Arc<Registry>,
     config: Arc<WorkerConfig>,
@@ -325,7 +296,7 @@ async fn handle_connection(
             .await
             .map_err(|e| Refusal::new(RefusalKind::Protocol, format!("no control stream: {e}")))?;
         let mut buf = BytesMut::new();
-        let frame = read_frame(&mut recv, &mut buf).await?;
+        let frame = crate::stream_transport::read_frame(&mut recv, &mut buf).await?;
         let Frame::ClientHello { nonce, token } = frame else {
             return Err(Refusal::new(
                 RefusalKind::Protocol,
@@ -438,8 +409,11 @@ async fn handle_stream(
     client_addr: String,
 ) {
     let mut buf = BytesMut::new();
-    let header =
-        tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv, &mut buf)).await;
+    let header = tokio::time::timeout(
+        config.handshake_timeout,
+        crate::stream_transport::read_frame(&mut recv, &mut buf),
+    )
+    .await;
     match header {
         Ok(Ok(Frame::StreamOpen)) => {}
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -458,8 +432,7 @@ async fn handle_stream(
         }
     };
     let endpoint = session.claims.endpoint.clone();
-    let dial =
-        tokio::time::timeout(config.dial_timeout, TcpStream::connect(endpoint.as_str())).await;
+    let dial = tokio::time::timeout(config.dial_timeout, session.dial()).await;
     let tcp = match dial {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {

@@ -20,7 +20,8 @@ use crate::server::{arm_expiry, WorkerConfig};
 const TLS_HANDSHAKE: u8 = 0x16;
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Reads one frame, buffering whatever follows it in `buf`.
+/// Reads one frame, buffering whatever follows it in `buf`. Used for every transport: a QUIC
+/// stream is an `AsyncRead` too.
 pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
@@ -231,12 +232,7 @@ async fn data_connection(
         Err(r) => return conn.refuse(r).await,
     };
     let endpoint = session.claims.endpoint.clone();
-    let target = match tokio::time::timeout(
-        config.dial_timeout,
-        TcpStream::connect(endpoint.as_str()),
-    )
-    .await
-    {
+    let target = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             session.abandon_connection();

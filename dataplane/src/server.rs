@@ -109,6 +109,7 @@ impl Worker {
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
+                    crate::registry::mark_worker_thread();
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -261,8 +262,10 @@ async fn serve(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    // Let the close frames of ended sessions reach their clients.
+    // Let the close frames of ended sessions reach their clients, and the last events the
+    // controller.
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    registry.flush();
 }
 
 fn refuse(conn: &quinn::Connection, refusal: &Refusal) {

@@ -25,6 +25,11 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
 }
 
+/// A client not heard from for this long is gone (killed, or its network is): its session
+/// ends with `network error`. Clients send keep-alives at a third of it, so idle sessions
+/// survive, and middleboxes keep their UDP mappings.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Proxied connections one session may have open at once. quinn keeps a few hundred bytes per
 /// open stream, and a client that opens more simply waits for one to close.
 pub const MAX_STREAMS: u32 = 32_768;
@@ -39,11 +44,10 @@ pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
         .receive_window((32u32 << 20).into())
         .send_window(32 << 20)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30))
-                .expect("30 s is a valid idle timeout"),
+            quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s is a valid idle timeout"),
         ));
     if keep_alive {
-        t.keep_alive_interval(Some(Duration::from_secs(10)));
+        t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
     }
     t
 }

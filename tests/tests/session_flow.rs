@@ -534,3 +534,25 @@ fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
     assert!(sshd.ssh(conn.port, "true").status().unwrap().success());
     dev.wait_status(&pending, "active", Duration::from_secs(10));
 }
+
+#[test]
+fn a_killed_client_ends_its_session_with_network_error() {
+    let sshd = Sshd::start();
+    let dev = dev_for(&sshd, &[]);
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    dev.wait_status(&conn.session_id, "active", Duration::from_secs(10));
+    // kill -9: the client says nothing; the worker notices through QUIC's idle timeout (15 s).
+    conn.proc.child.kill().unwrap();
+    let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(40));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("network error"),
+        "{read}"
+    );
+    assert!(read.contains("Closed Reason:     network error"), "{read}");
+    assert!(!live.wait(Duration::from_secs(10)).success());
+}

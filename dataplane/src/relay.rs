@@ -10,7 +10,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Largest read handed to quinn as one chunk. 256 KiB measured ~15 % more throughput and ~15 %
+/// less client CPU than 64 KiB on the full QUIC path (interleaved A/B, 4 runs each).
+const READ_CHUNK: usize = 256 * 1024;
+/// First read size: an interactive or idle connection never grows past it.
+const FIRST_READ: usize = 16 * 1024;
 
 /// Byte counts of a relay, readable while it runs and after it is dropped.
 #[derive(Debug, Default)]
@@ -142,11 +146,15 @@ pub async fn relay_after(
         }
     };
     let to_quic = async {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Reads start small and double while they come back full, so bulk transfers reach
+        // READ_CHUNK within a few reads and idle connections keep 16 KiB.
+        let mut want = FIRST_READ;
+        let mut buf = BytesMut::with_capacity(want);
         loop {
-            if buf.capacity() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if buf.capacity() < want / 4 {
+                buf.reserve(want);
             }
+            let room = buf.capacity();
             let n = tr
                 .read_buf(&mut buf)
                 .await
@@ -154,6 +162,9 @@ pub async fn relay_after(
             if n == 0 {
                 let _ = send.finish();
                 return Ok::<_, String>(());
+            }
+            if n == room && want < READ_CHUNK {
+                want *= 2;
             }
             send.write_chunk(buf.split().freeze())
                 .await

@@ -169,7 +169,7 @@ impl ClientSession {
             })?
             .map_err(|e| connection_error(addr, e))?;
         let nonce: [u8; NONCE_LEN] = rand::random();
-        let token = bs58::decode_token(token_text)?;
+        let token = token_bytes(token_text)?;
         let lost = |e: quinn::ConnectionError| connection_error(addr, e);
         let hello = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
@@ -314,7 +314,7 @@ impl ClientSession {
             _ => None,
         };
         let nonce: [u8; NONCE_LEN] = rand::random();
-        let token = bs58::decode_token(token_text)?;
+        let token = token_bytes(token_text)?;
         let hello = Frame::ClientHello {
             nonce,
             token: token.clone(),
@@ -520,15 +520,9 @@ async fn dial_and_send(
     Ok((conn, (frame, buf)))
 }
 
-mod bs58 {
-    use sluice_proto::TokenError;
-
-    pub fn decode_token(text: &str) -> Result<Vec<u8>, TokenError> {
-        ::bs58::decode(text.trim())
-            .into_vec()
-            .map_err(|_| TokenError::NotBase58)
-    }
+/// The binary form of a token's text.
+fn token_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
+    ::bs58::decode(text.trim())
+        .into_vec()
+        .map_err(|_| TokenError::NotBase58)
 }
-
-/// Shared handle type for the CLI.
-pub type SharedSession = Arc<ClientSession>;

@@ -557,3 +557,48 @@ fn a_killed_client_ends_its_session_with_network_error() {
     assert!(read.contains("Closed Reason:     network error"), "{read}");
     assert!(!live.wait(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn targets_list_and_read_show_the_generated_targets() {
+    let sshd = Sshd::start();
+    let dev = dev_for(&sshd, &["-target-session-connection-limit", "4"]);
+    let list = dev.ok(&["targets", "list", "-scope-id", "p_1234567890"]);
+    assert!(
+        list.contains("ttcp_1234567890") && list.contains("ttcp_0987654321"),
+        "{list}"
+    );
+    let read = dev.ok(&["targets", "read", "-id", "ttcp_0987654321"]);
+    assert_eq!(
+        Dev::field(&read, "Address").as_deref(),
+        Some("127.0.0.1"),
+        "{read}"
+    );
+    assert_eq!(
+        Dev::field(&read, "Default Port"),
+        Some(sshd.port.to_string())
+    );
+    assert_eq!(
+        Dev::field(&read, "Session Connection Limit").as_deref(),
+        Some("4")
+    );
+    let read = dev.ok(&["targets", "read", "-id", "ttcp_1234567890"]);
+    assert_eq!(
+        Dev::field(&read, "Host Sources").as_deref(),
+        Some("hsst_1234567890"),
+        "{read}"
+    );
+    let json = dev.ok(&[
+        "targets",
+        "list",
+        "-scope-id",
+        "p_1234567890",
+        "-format",
+        "json",
+    ]);
+    assert!(json.starts_with("{\"items\":["), "{json}");
+    let out = dev.sluice(&["targets", "read", "-id", "ttcp_nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("target ttcp_nope not found"));
+    let out = dev.sluice(&["targets", "list", "-scope-id", "p_nope"]);
+    assert!(text(&out.stderr).contains("scope p_nope not found"));
+}

@@ -177,6 +177,19 @@ impl Dev {
         Self::start_in(home, extra)
     }
 
+    /// Starts `sluice dev` whose generated host and targets point at `sshd`.
+    pub fn for_sshd(sshd: &Sshd, extra: &[&str]) -> Self {
+        let port = sshd.port.to_string();
+        let mut args = vec![
+            "-host-address",
+            "127.0.0.1",
+            "-target-default-port",
+            port.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Self {
         let mut args: Vec<String> = vec![
             "dev".into(),

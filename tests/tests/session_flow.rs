@@ -7,22 +7,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
 
-fn dev_for(sshd: &Sshd, extra: &[&str]) -> Dev {
-    let port = sshd.port.to_string();
-    let mut args = vec![
-        "-host-address",
-        "127.0.0.1",
-        "-target-default-port",
-        port.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    Dev::start(&args)
-}
-
 #[test]
 fn connect_ssh_runs_a_remote_command() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let mut args = vec![
         "connect",
         "ssh",
@@ -59,7 +47,7 @@ fn connect_ssh_runs_a_remote_command() {
 #[test]
 fn sessions_show_the_live_session_and_cancel_closes_it() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     let out = conn.proc.stdout();
     for line in [
@@ -161,7 +149,7 @@ fn sha256_file(p: &std::path::Path) -> Vec<u8> {
 #[test]
 fn scp_of_a_20_mb_file_round_trips_intact() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.bin");
     let mut f = std::fs::File::create(&src).unwrap();
@@ -214,7 +202,7 @@ fn scp_of_a_20_mb_file_round_trips_intact() {
 #[test]
 fn exec_sets_the_proxied_address_in_the_environment() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let out = dev.sluice(&[
         "connect",
         "-target-id",
@@ -235,7 +223,7 @@ fn exec_sets_the_proxied_address_in_the_environment() {
 #[test]
 fn a_connection_limit_of_one_refuses_the_second_connection() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &["-target-session-connection-limit", "1"]);
+    let dev = Dev::for_sshd(&sshd, &["-target-session-connection-limit", "1"]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     assert!(conn.proc.stdout().contains("    Connection Limit:    1\n"));
     let mut first = Proc::spawn(sshd.ssh(conn.port, "echo first; sleep 3; echo done"));
@@ -275,7 +263,7 @@ fn a_connection_limit_of_one_refuses_the_second_connection() {
 #[test]
 fn a_three_second_session_expires_with_timed_out() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &["-target-session-max-seconds", "3"]);
+    let dev = Dev::for_sshd(&sshd, &["-target-session-max-seconds", "3"]);
     let (unused_token, _) = authorize(&dev);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 30"));
@@ -316,7 +304,7 @@ fn authorize(dev: &Dev) -> (String, String) {
 #[test]
 fn forged_replayed_and_garbage_tokens_are_refused() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let (token, _) = authorize(&dev);
 
     // Forged: one byte of the endpoint changed.
@@ -392,7 +380,7 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
 #[test]
 fn refusals_name_the_problem() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let out = dev.sluice(&[
         "authenticate",
         "password",
@@ -487,7 +475,7 @@ fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
     let data_dir = data.path().display().to_string();
     // Tokens name their worker's address, so the worker must come back on the same port.
     let proxy = format!("127.0.0.1:{}", sluice_e2e::free_udp_port());
-    let mut dev = dev_for(&sshd, &["-data-dir", &data_dir, "-proxy-addr", &proxy]);
+    let mut dev = Dev::for_sshd(&sshd, &["-data-dir", &data_dir, "-proxy-addr", &proxy]);
     let (pending_token, pending) = authorize(&dev);
     let (_, canceled) = authorize(&dev);
     dev.ok(&["sessions", "cancel", "-id", &canceled]);
@@ -539,7 +527,7 @@ fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
 #[test]
 fn a_killed_client_ends_its_session_with_network_error() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
     wait_for("ssh", Duration::from_secs(20), || {
@@ -561,7 +549,7 @@ fn a_killed_client_ends_its_session_with_network_error() {
 #[test]
 fn targets_list_and_read_show_the_generated_targets() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &["-target-session-connection-limit", "4"]);
+    let dev = Dev::for_sshd(&sshd, &["-target-session-connection-limit", "4"]);
     let list = dev.ok(&["targets", "list", "-scope-id", "p_1234567890"]);
     assert!(
         list.contains("ttcp_1234567890") && list.contains("ttcp_0987654321"),

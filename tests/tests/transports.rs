@@ -4,18 +4,6 @@ use std::time::Duration;
 
 use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
 
-fn dev_for(sshd: &Sshd, extra: &[&str]) -> Dev {
-    let port = sshd.port.to_string();
-    let mut args = vec![
-        "-host-address",
-        "127.0.0.1",
-        "-target-default-port",
-        port.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    Dev::start(&args)
-}
-
 fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::process::Output {
     let mut args = vec![
         "connect",
@@ -37,7 +25,7 @@ fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::pr
 #[test]
 fn ssh_works_over_tls_and_allowed_plaintext_tcp() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &["-worker-allow-plaintext"]);
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     for transport in ["tls", "tcp", "quic"] {
         let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
         assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
@@ -48,7 +36,7 @@ fn ssh_works_over_tls_and_allowed_plaintext_tcp() {
 #[test]
 fn plaintext_is_refused_unless_the_worker_allows_it() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &[]);
+    let dev = Dev::for_sshd(&sshd, &[]);
     let out = ssh_through(&dev, &sshd, "tcp", "true");
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -62,7 +50,7 @@ fn plaintext_is_refused_unless_the_worker_allows_it() {
 #[test]
 fn cancel_and_limits_work_the_same_over_tls() {
     let sshd = Sshd::start();
-    let dev = dev_for(&sshd, &["-target-session-connection-limit", "2"]);
+    let dev = Dev::for_sshd(&sshd, &["-target-session-connection-limit", "2"]);
     let mut conn = Connect::start(
         &dev,
         &[

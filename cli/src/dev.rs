@@ -243,10 +243,6 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rustls_der(der: &[u8]) -> rustls_pki::CertificateDer<'static> {
-    rustls_pki::CertificateDer::from(der.to_vec())
-}
-
-mod rustls_pki {
-    pub use sluice_dataplane::tls::CertificateDer;
+fn rustls_der(der: &[u8]) -> tls::CertificateDer<'static> {
+    tls::CertificateDer::from(der.to_vec())
 }

@@ -237,11 +237,6 @@ impl Registry {
         }
     }
 
-    /// Number of live sessions.
-    pub fn live_sessions(&self) -> usize {
-        lock(&self.inner).live.len()
-    }
-
     fn retire(&self, session: &LiveSession, reason: TerminationReason) {
         let mut inner = lock(&self.inner);
         inner.live.remove(&session.claims.session_id);
@@ -284,6 +279,16 @@ pub(crate) struct ConnectionTicket {
 }
 
 impl LiveSession {
+    /// Connections the session can still open; -1 when unlimited. A client that joins a
+    /// session again (a second QUIC connection of one `connect`) sees what is really left.
+    pub fn connections_left(&self) -> i32 {
+        let limit = self.claims.connection_limit;
+        if limit < 0 {
+            return -1;
+        }
+        (limit - lock(&self.counters).used as i32).max(0)
+    }
+
     /// Counts a new connection against the limit.
     pub fn open_connection(&self) -> Result<ConnectionTicket, Refusal> {
         let mut c = lock(&self.counters);

@@ -157,22 +157,6 @@ impl Worker {
         }
     }
 
-    /// Replaces the token-verification keys.
-    pub fn set_keys(&self, keys: KeySet) {
-        self.registry.set_keys(keys);
-    }
-
-    /// Ends a session now: its connections close and its token is refused from here on.
-    pub fn cancel_session(&self, session_id: &str, expires_at: u64) {
-        self.registry
-            .end_session(session_id, TerminationReason::Canceled, expires_at);
-    }
-
-    /// Sessions with a client attached.
-    pub fn live_sessions(&self) -> usize {
-        self.registry.live_sessions()
-    }
-
     /// Ends every session with `system error`, tells clients, and stops the threads.
     pub fn shutdown(self) {
         self.registry.end_all(TerminationReason::SystemError);
@@ -353,12 +337,8 @@ async fn serve_session(
     conn: quinn::Connection,
     mut control: quinn::SendStream,
 ) {
-    let left = match session.claims.connection_limit {
-        l if l < 0 => -1,
-        l => l,
-    };
     let accepted = Frame::HelloAccepted {
-        connections_left: left,
+        connections_left: session.connections_left(),
         expires_at: session.claims.expires_at,
     };
     if control.write_all(&accepted.to_vec()).await.is_err() {

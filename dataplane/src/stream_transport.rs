@@ -183,7 +183,7 @@ async fn serve(
 /// the session when the client goes away.
 async fn control_connection(session: Arc<LiveSession>, mut conn: Conn) {
     let accepted = Frame::HelloAccepted {
-        connections_left: session.claims.connection_limit.max(-1),
+        connections_left: session.connections_left(),
         expires_at: session.claims.expires_at,
     };
     if conn.send(&accepted).await.is_err() {

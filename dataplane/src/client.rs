@@ -2,7 +2,7 @@
 //! to the worker named in the token, one stream per local TCP connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +16,8 @@ use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How long the QUIC handshake and the token exchange may take.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a failed pipelined connection waits for the worker's answer (its refusal reason).
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a session could not be opened.
 #[derive(Debug, Error)]
@@ -367,7 +369,7 @@ impl ClientSession {
         })
     }
 
-    async fn proxy_stream(&self, local: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
+    async fn proxy_stream(&self, mut local: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
         let Inner::Stream {
             worker,
             tls,
@@ -382,31 +384,70 @@ impl ClientSession {
             nonce: *nonce,
             token: token.clone(),
         };
-        let (conn, answer) = match dial_and_send(*worker, tls.as_ref(), &hello).await {
+        let conn = match dial_and_hello(*worker, tls.as_ref(), &hello).await {
             Ok(v) => v,
             Err(e) => return StreamEnd::Failed(e.to_string()),
         };
-        let (answer, early) = answer;
-        if let Err(end) = self.accept_answer(answer, on_accepted) {
-            return end;
-        }
         let _ = local.set_nodelay(true);
-        let up = std::sync::atomic::AtomicU64::new(0);
-        let down = std::sync::atomic::AtomicU64::new(0);
-        let result = async {
-            let mut local = local;
-            if !early.is_empty() {
-                tokio::io::AsyncWriteExt::write_all(&mut local, &early).await?;
-                down.fetch_add(early.len() as u64, Ordering::Relaxed);
+        // Application bytes follow the hello at once; the worker's answer is read first on the
+        // way back. A new connection so costs no round trip beyond the transport's handshake.
+        let up = AtomicU64::new(0);
+        let down = AtomicU64::new(0);
+        let answer = std::sync::Mutex::new(None::<Result<(), StreamEnd>>);
+        let take_answer = |frame: Result<Frame, Refusal>, on_accepted| {
+            let verdict = match frame {
+                Ok(f) => self.accept_answer(f, on_accepted),
+                Err(r) => Err(StreamEnd::Failed(format!(
+                    "the worker closed the connection before answering: {}",
+                    r.message
+                ))),
+            };
+            let ok = verdict.is_ok();
+            *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("refused"))
             }
-            match conn {
-                StreamConn::Plain(s) => crate::splice::relay(&local, &s, &up, &down).await,
-                StreamConn::Tls(s) => {
-                    crate::stream_transport::copy_counted(local, *s, &up, &down).await
-                }
+        };
+        let answered = || answer.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let (mut lr, mut lw) = local.split();
+        let result = match conn {
+            StreamConn::Plain(mut s) => {
+                let (mut sr, sw) = s.split();
+                let down_way = async {
+                    let mut buf = BytesMut::new();
+                    let frame = crate::stream_transport::read_frame(&mut sr, &mut buf).await;
+                    take_answer(frame, on_accepted)?;
+                    write_early(&mut lw, &buf, &down).await?;
+                    crate::splice::one_way(sr.as_ref(), lw.as_ref(), &down).await
+                };
+                let up_way = crate::splice::one_way(lr.as_ref(), sw.as_ref(), &up);
+                both_ways(up_way, down_way, answered).await
             }
+            StreamConn::Tls(s) => {
+                let (mut sr, mut sw) = tokio::io::split(*s);
+                let down_way = async {
+                    let mut buf = BytesMut::new();
+                    let frame = crate::stream_transport::read_frame(&mut sr, &mut buf).await;
+                    take_answer(frame, on_accepted)?;
+                    write_early(&mut lw, &buf, &down).await?;
+                    crate::pool::copy_pooled(&mut sr, &mut lw, &down).await
+                };
+                let up_way = crate::pool::copy_pooled(&mut lr, &mut sw, &up);
+                both_ways(up_way, down_way, answered).await
+            }
+        };
+        match answer.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Err(end)) => return end,
+            None => {
+                return StreamEnd::Failed(match result {
+                    Err(e) => format!("the worker did not answer: {e}"),
+                    Ok(()) => "the worker did not answer".into(),
+                })
+            }
+            Some(Ok(())) => {}
         }
-        .await;
         match result {
             Ok(()) => StreamEnd::Done(up.into_inner(), down.into_inner()),
             Err(e) => StreamEnd::Failed(e.to_string()),
@@ -488,16 +529,17 @@ impl StreamConn {
     }
 }
 
-async fn dial_and_send(
+/// Connects to the worker (with TLS when given) and sends `hello` without waiting for the answer.
+async fn dial_and_hello(
     worker: SocketAddr,
     tls: Option<&tokio_rustls::TlsConnector>,
     hello: &Frame,
-) -> std::io::Result<(StreamConn, (Frame, BytesMut))> {
+) -> std::io::Result<StreamConn> {
     use tokio::io::AsyncWriteExt;
     let tcp = TcpStream::connect(worker).await?;
     tcp.set_nodelay(true)?;
     let bytes = hello.to_vec();
-    let mut conn = match tls {
+    Ok(match tls {
         Some(connector) => {
             let name = rustls::pki_types::ServerName::try_from(crate::tls::WORKER_SERVER_NAME)
                 .map_err(std::io::Error::other)?;
@@ -511,13 +553,63 @@ async fn dial_and_send(
             tcp.write_all(&bytes).await?;
             StreamConn::Plain(tcp)
         }
-    };
+    })
+}
+
+/// Connects, sends `hello` and reads the worker's answer (and any bytes after it).
+async fn dial_and_send(
+    worker: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    hello: &Frame,
+) -> std::io::Result<(StreamConn, (Frame, BytesMut))> {
+    let mut conn = dial_and_hello(worker, tls, hello).await?;
     let mut buf = BytesMut::new();
     let frame = conn
         .read_frame(&mut buf)
         .await
         .map_err(|r| std::io::Error::other(r.message))?;
     Ok((conn, (frame, buf)))
+}
+
+/// Writes bytes that arrived with the worker's answer to the local connection.
+async fn write_early(
+    local: &mut tokio::net::tcp::WriteHalf<'_>,
+    early: &[u8],
+    count: &AtomicU64,
+) -> std::io::Result<()> {
+    if !early.is_empty() {
+        tokio::io::AsyncWriteExt::write_all(local, early).await?;
+        count.fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Runs both directions of a pipelined stream connection. When the way up fails before the
+/// worker has answered (a refusal closes the connection under bytes already sent), the way
+/// down gets a moment to read the answer, so the user sees the worker's reason.
+async fn both_ways(
+    up: impl std::future::Future<Output = std::io::Result<()>>,
+    down: impl std::future::Future<Output = std::io::Result<()>>,
+    answered: impl Fn() -> bool,
+) -> std::io::Result<()> {
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    tokio::select! {
+        d = &mut down => match d {
+            Ok(()) => up.await,
+            Err(e) => Err(e),
+        },
+        u = &mut up => match u {
+            Ok(()) => down.await,
+            Err(e) if !answered() => {
+                match tokio::time::timeout(ANSWER_GRACE, &mut down).await {
+                    Ok(Err(d)) => Err(d),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// The binary form of a token's text.

@@ -12,6 +12,7 @@
 
 pub mod client;
 mod net;
+mod pool;
 mod registry;
 mod relay;
 mod server;

@@ -70,11 +70,16 @@ struct Inner {
     /// Sessions that ended (or were canceled before use), kept until their token expires so the
     /// token cannot start them again.
     ended: HashMap<String, (TerminationReason, u64)>,
+    /// Live sessions by the exact bytes of their verified token: a data connection of the tls
+    /// and tcp transports presents the token again, and bytes identical to a token already
+    /// verified need no second signature check.
+    by_token: HashMap<Box<[u8]>, Arc<LiveSession>>,
 }
 
 /// A session admitted on this worker.
 pub(crate) struct LiveSession {
     pub claims: AuthzToken,
+    token: Box<[u8]>,
     nonce: [u8; NONCE_LEN],
     counters: Mutex<Counters>,
     end_tx: watch::Sender<Option<TerminationReason>>,
@@ -162,6 +167,11 @@ impl Registry {
         nonce: [u8; NONCE_LEN],
         now: u64,
     ) -> Result<Admitted, Refusal> {
+        if let Some(s) = lock(&self.inner).by_token.get(token).cloned() {
+            if now < s.claims.expires_at {
+                return Self::rejoin(s, nonce);
+            }
+        }
         let signed = SignedToken::decode_binary(token).map_err(token_refusal)?;
         let claims = {
             let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
@@ -174,17 +184,7 @@ impl Registry {
             return Err(ended_refusal(&claims.session_id, *reason));
         }
         if let Some(s) = inner.live.get(&claims.session_id) {
-            if s.nonce != nonce {
-                return Err(Refusal::new(
-                    RefusalKind::AlreadyBound,
-                    format!(
-                        "session {} is already in use by another client; a token works only from the \
-                         `sluice connect` that first used it, so authorize a new session",
-                        claims.session_id
-                    ),
-                ));
-            }
-            return Ok(Admitted::Existing(s.clone()));
+            return Self::rejoin(s.clone(), nonce);
         }
         let (end_tx, _) = watch::channel(None);
         let session = Arc::new(LiveSession {
@@ -194,17 +194,35 @@ impl Registry {
             next_connection: AtomicU64::new(1),
             registry: self.clone(),
             endpoint_addrs: tokio::sync::OnceCell::new(),
+            token: token.into(),
             claims,
         });
         inner
             .live
             .insert(session.claims.session_id.clone(), session.clone());
+        inner.by_token.insert(token.into(), session.clone());
         drop(inner);
         self.emit(WorkerEvent::SessionActivated {
             session_id: session.claims.session_id.clone(),
             at_ms: unix_ms(),
         });
         Ok(Admitted::New(session))
+    }
+
+    /// A client presenting the token of a live session: admitted only if it is the client the
+    /// session is bound to.
+    fn rejoin(s: Arc<LiveSession>, nonce: [u8; NONCE_LEN]) -> Result<Admitted, Refusal> {
+        if s.nonce != nonce {
+            return Err(Refusal::new(
+                RefusalKind::AlreadyBound,
+                format!(
+                    "session {} is already in use by another client; a token works only from the \
+                     `sluice connect` that first used it, so authorize a new session",
+                    s.claims.session_id
+                ),
+            ));
+        }
+        Ok(Admitted::Existing(s))
     }
 
     /// Ends a session at the controller's request (cancel). A session this worker has not seen
@@ -240,6 +258,7 @@ impl Registry {
     fn retire(&self, session: &LiveSession, reason: TerminationReason) {
         let mut inner = lock(&self.inner);
         inner.live.remove(&session.claims.session_id);
+        inner.by_token.remove(&session.token);
         inner.ended.insert(
             session.claims.session_id.clone(),
             (reason, session.claims.expires_at),
@@ -439,5 +458,83 @@ impl LiveSession {
             endpoint_addr,
             at_ms: unix_ms(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::TokenSigner;
+
+    fn token(signer: &TokenSigner, session: &str, expires_at: u64) -> Vec<u8> {
+        let claims = AuthzToken {
+            session_id: session.into(),
+            target_id: "ttcp_1234567890".into(),
+            user_id: "u_1234567890".into(),
+            host_id: String::new(),
+            endpoint: "127.0.0.1:9".into(),
+            issued_at: 1_000,
+            expires_at,
+            connection_limit: 2,
+            worker_id: "w_1".into(),
+            worker_addr: "127.0.0.1:9202".into(),
+            ca_fingerprint: [7; 32],
+        };
+        bs58::decode(signer.sign(&claims).unwrap())
+            .into_vec()
+            .unwrap()
+    }
+
+    fn registry(signer: &TokenSigner) -> (Arc<Registry>, mpsc::UnboundedReceiver<WorkerEvent>) {
+        let mut keys = KeySet::default();
+        keys.insert(signer.verifying_key());
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(Registry::new("w_1".into(), keys, tx)), rx)
+    }
+
+    #[test]
+    fn a_token_presented_again_joins_its_session_only_from_the_bound_client() {
+        let signer = TokenSigner::from_seed(&[1; 32]);
+        let (reg, _events) = registry(&signer);
+        let t = token(&signer, "s_aaaaaaaaaa", 2_000);
+        let first = reg.admit(&t, [1; NONCE_LEN], 1_500).unwrap();
+        assert!(matches!(first, Admitted::New(_)));
+        // Same bytes, same client: the live session, without a second signature check.
+        assert!(matches!(
+            reg.admit(&t, [1; NONCE_LEN], 1_500).unwrap(),
+            Admitted::Existing(_)
+        ));
+        // Same bytes from another client: refused, cached or not.
+        let other = reg.admit(&t, [2; NONCE_LEN], 1_500).err().unwrap();
+        assert_eq!(other.kind, RefusalKind::AlreadyBound);
+        // Past its expiry the cached session does not admit; the token is checked again.
+        let late = reg.admit(&t, [1; NONCE_LEN], 2_000).err().unwrap();
+        assert_eq!(late.kind, RefusalKind::Expired);
+    }
+
+    #[test]
+    fn an_ended_session_is_not_rejoined_through_the_cache() {
+        let signer = TokenSigner::from_seed(&[1; 32]);
+        let (reg, _events) = registry(&signer);
+        let t = token(&signer, "s_bbbbbbbbbb", 2_000);
+        let Admitted::New(s) = reg.admit(&t, [1; NONCE_LEN], 1_500).unwrap() else {
+            panic!("first admission creates the session");
+        };
+        s.end(TerminationReason::Canceled);
+        let again = reg.admit(&t, [1; NONCE_LEN], 1_500).err().unwrap();
+        assert_eq!(again.kind, RefusalKind::Canceled);
+    }
+
+    #[test]
+    fn a_token_altered_after_a_cached_admission_is_still_verified() {
+        let signer = TokenSigner::from_seed(&[1; 32]);
+        let (reg, _events) = registry(&signer);
+        let t = token(&signer, "s_cccccccccc", 2_000);
+        reg.admit(&t, [1; NONCE_LEN], 1_500).unwrap();
+        let mut forged = t.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let r = reg.admit(&forged, [1; NONCE_LEN], 1_500).err().unwrap();
+        assert_eq!(r.kind, RefusalKind::InvalidToken);
     }
 }

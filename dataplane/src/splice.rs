@@ -35,7 +35,12 @@ fn flags() -> SpliceFFlags {
     SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
 }
 
-async fn one_way(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> std::io::Result<()> {
+/// Moves bytes from `src` to `dst` until end of stream, then shuts `dst` down for writing.
+pub(crate) async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &AtomicU64,
+) -> std::io::Result<()> {
     let (pr, pw, size) = pipe()?;
     loop {
         // Fill: the pipe is empty here.

@@ -14,11 +14,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use crate::pool::copy_pooled;
 use crate::registry::{unix_now, Admitted, LiveSession, Registry};
 use crate::server::{arm_expiry, WorkerConfig};
 
 const TLS_HANDSHAKE: u8 = 0x16;
-const COPY_BUFFER: usize = 64 * 1024;
+/// After a refusal, how long and how much the worker keeps reading what the client had
+/// already sent, so its close does not turn into a reset that hides the refusal.
+const REFUSAL_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
 
 /// Reads one frame, buffering whatever follows it in `buf`. Used for every transport: a QUIC
 /// stream is an `AsyncRead` too.
@@ -129,6 +133,24 @@ impl Conn {
             Conn::Plain(s) => s.shutdown().await,
             Conn::Tls(s) => s.shutdown().await,
         };
+        // Clients send application bytes right behind their hello. Closing with those unread
+        // would answer with a reset that can destroy the refusal before the client reads it,
+        // so read and discard until the client closes (bounded in time and bytes).
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            let mut left = REFUSAL_DRAIN_BYTES;
+            while left > 0 {
+                let r = match &mut self {
+                    Conn::Plain(s) => s.read(&mut sink).await,
+                    Conn::Tls(s) => s.read(&mut sink).await,
+                };
+                match r {
+                    Ok(n) if n > 0 => left = left.saturating_sub(n),
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_DRAIN_TIME, drain).await;
     }
 }
 
@@ -296,8 +318,8 @@ async fn data_connection(
     );
 }
 
-/// Copies both ways between a TLS stream and a TCP socket with one owned 64 KiB buffer per
-/// direction, counting bytes as they move (so a cancel mid-transfer still reports them).
+/// Copies both ways between a TLS stream and a TCP socket through pooled buffers, counting
+/// bytes as they move (so a cancel mid-transfer still reports them).
 pub(crate) async fn copy_counted<A, B>(
     a: A,
     b: B,
@@ -311,25 +333,8 @@ where
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     tokio::try_join!(
-        copy_one(&mut ar, &mut bw, a_to_b),
-        copy_one(&mut br, &mut aw, b_to_a)
+        copy_pooled(&mut ar, &mut bw, a_to_b),
+        copy_pooled(&mut br, &mut aw, b_to_a)
     )
     .map(|_| ())
-}
-
-async fn copy_one<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    r: &mut R,
-    w: &mut W,
-    count: &AtomicU64,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
-        }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-    }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 
-use crate::args::{Common, Format, PasswordArgs, Sessions, Targets};
+use crate::args::{
+    Common, CreateWorker, Format, PasswordArgs, Sessions, Targets, UpdateTarget, Workers,
+};
 use crate::output;
 
 /// A client of the controller's `/v1` API.
@@ -189,6 +191,57 @@ pub async fn targets(common: &Common, t: Targets) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Targets::Update(UpdateTarget::Tcp(u)) => {
+            let version = match u.version {
+                Some(v) => v,
+                None => {
+                    let cur = api
+                        .call(reqwest::Method::GET, &format!("/v1/targets/{}", u.id), None)
+                        .await?;
+                    cur["item"]["version"]
+                        .as_u64()
+                        .ok_or_else(|| anyhow!("target {} has no version", u.id))?
+                        as u32
+                }
+            };
+            let mut body = json!({"version": version});
+            let mut attributes = serde_json::Map::new();
+            if let Some(v) = u.name {
+                body["name"] = json!(v);
+            }
+            if let Some(v) = u.description {
+                body["description"] = json!(v);
+            }
+            if let Some(v) = u.session_max_seconds {
+                body["session_max_seconds"] = json!(v);
+            }
+            if let Some(v) = u.session_connection_limit {
+                body["session_connection_limit"] = json!(v);
+            }
+            if let Some(v) = u.egress_worker_filter {
+                body["egress_worker_filter"] = json!(v);
+            }
+            if let Some(v) = u.default_port {
+                attributes.insert("default_port".into(), json!(v));
+            }
+            if let Some(v) = u.default_client_port {
+                attributes.insert("default_client_port".into(), json!(v));
+            }
+            if !attributes.is_empty() {
+                body["attributes"] = Value::Object(attributes);
+            }
+            let v = api
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/targets/{}", u.id),
+                    Some(body),
+                )
+                .await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
+            }
+        }
         Targets::Read { id } => {
             let v = api
                 .call(reqwest::Method::GET, &format!("/v1/targets/{id}"), None)
@@ -242,6 +295,63 @@ pub async fn sessions(common: &Common, s: Sessions) -> anyhow::Result<ExitCode> 
     match common.format {
         Format::Json => print_json(&v),
         Format::Table => print!("{}", output::session_item(&v["item"])),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn workers(common: &Common, w: Workers) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match w {
+        Workers::Create(CreateWorker::ControllerLed { name, description }) => {
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/workers:create:controller-led",
+                    Some(json!({"scope_id": "global", "name": name, "description": description})),
+                )
+                .await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => print!("\nWorker information:\n{}", output::worker(&v["item"])),
+            }
+        }
+        Workers::List => {
+            let v = api.call(reqwest::Method::GET, "/v1/workers", None).await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => {
+                    let items = v["items"].as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        println!("No workers found");
+                    } else {
+                        println!("\nWorker information:");
+                        for (i, it) in items.iter().enumerate() {
+                            if i > 0 {
+                                println!();
+                            }
+                            print!("{}", output::worker(it));
+                        }
+                    }
+                }
+            }
+        }
+        Workers::Read { id } => {
+            let v = api
+                .call(reqwest::Method::GET, &format!("/v1/workers/{id}"), None)
+                .await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => print!("\nWorker information:\n{}", output::worker(&v["item"])),
+            }
+        }
+        Workers::Delete { id } => {
+            api.call(reqwest::Method::DELETE, &format!("/v1/workers/{id}"), None)
+                .await?;
+            match common.format {
+                Format::Json => print_json(&json!({"status_code": 204})),
+                Format::Table => println!("The delete operation completed successfully."),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

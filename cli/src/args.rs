@@ -84,6 +84,13 @@ pub enum Format {
 pub enum Command {
     /// Start a controller, a worker and a store in one process with generated resources
     Dev(DevArgs),
+    /// Run a controller (API, cluster listener and store) from a TOML configuration
+    Server(ServerArgs),
+    /// Run a worker that links to a controller, from a TOML configuration
+    Worker(WorkerArgs),
+    /// Workers registered with the controller
+    #[command(subcommand)]
+    Workers(Workers),
     /// Authenticate and store an auth token
     #[command(subcommand)]
     Authenticate(Authenticate),
@@ -136,6 +143,80 @@ pub struct DevArgs {
     pub worker_allow_plaintext: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Path of the controller's TOML configuration
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `data_dir`
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `[api] address`
+    #[arg(long)]
+    pub api_addr: Option<String>,
+    /// Overrides `[cluster] address`
+    #[arg(long)]
+    pub cluster_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Path of the worker's TOML configuration
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `name`
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Overrides `[listener] address`
+    #[arg(long)]
+    pub proxy_addr: Option<String>,
+    /// Overrides `public_addr`
+    #[arg(long)]
+    pub public_addr: Option<String>,
+    /// Overrides `initial_upstreams` (repeat for several controllers)
+    #[arg(long)]
+    pub initial_upstream: Vec<String>,
+    /// Overrides `auth_storage_path`
+    #[arg(long)]
+    pub auth_storage_path: Option<PathBuf>,
+    /// Overrides `controller_generated_activation_token` (the token, env://VAR or file://PATH)
+    #[arg(long)]
+    pub activation_token: Option<String>,
+    /// Adds a tag, KEY=VALUE (repeat for more)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Workers {
+    /// Register a worker
+    #[command(subcommand)]
+    Create(CreateWorker),
+    /// List workers
+    List,
+    /// Read a worker
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a worker: its certificate stops working and its sessions are canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateWorker {
+    /// Register a worker and print the one-time activation token it starts with
+    ControllerLed {
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Authenticate {
     /// With a login name and password
@@ -172,6 +253,39 @@ pub enum Targets {
         #[arg(long)]
         id: String,
     },
+    /// Change a target
+    #[command(subcommand)]
+    Update(UpdateTarget),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateTarget {
+    /// Change a tcp target
+    Tcp(UpdateTcp),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateTcp {
+    #[arg(long)]
+    pub id: String,
+    /// The version being changed (default: the current one, read first)
+    #[arg(long)]
+    pub version: Option<u32>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    #[arg(long)]
+    pub default_port: Option<u16>,
+    #[arg(long)]
+    pub default_client_port: Option<u16>,
+    #[arg(long)]
+    pub session_max_seconds: Option<u32>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub session_connection_limit: Option<i32>,
+    /// Boolean expression over worker name and tags, e.g. `"prod" in "/tags/env"`; "" clears it
+    #[arg(long, visible_alias = "worker-filter")]
+    pub egress_worker_filter: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +385,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = cli.common;
     match cli.command {
         Command::Dev(a) => crate::dev::run(a).await,
+        Command::Server(a) => crate::server::run(a).await,
+        Command::Worker(a) => crate::worker::run(a).await,
+        Command::Workers(w) => crate::api::workers(&common, w).await,
         Command::Authenticate(Authenticate::Password(a)) => {
             crate::api::authenticate(&common, a).await
         }

@@ -54,7 +54,7 @@ fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
     Ok(id)
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn"));
@@ -132,6 +132,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let worker_addr = worker.local_addr();
     controller.add_worker(WorkerInfo {
         id: DEV_WORKER_ID.into(),
+        name: "dev-worker".into(),
+        tags: [("type".to_owned(), vec!["dev".to_owned()])].into(),
         addr: worker_addr.to_string(),
         ca_fingerprint: tls::fingerprint(&ca),
         link: Arc::new(DevLink(worker.handle())),
@@ -160,16 +162,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let sweep_controller = controller.clone();
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if let Err(e) = sweep_controller.sweep().await {
-                tracing::error!(error = %e, "session sweep failed");
-            }
-        }
-    });
+    let sweeper = spawn_sweeper(controller.clone());
 
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -241,6 +234,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     drop(controller);
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends, every second, the sessions no worker will report on (expired, unconfirmed cancels,
+/// workers gone).
+pub(crate) fn spawn_sweeper(controller: Arc<Controller>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = controller.sweep().await {
+                tracing::error!(error = %e, "session sweep failed");
+            }
+        }
+    })
 }
 
 fn rustls_der(der: &[u8]) -> tls::CertificateDer<'static> {

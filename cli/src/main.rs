@@ -12,6 +12,8 @@ mod connect;
 mod dev;
 mod output;
 mod secrets;
+mod server;
+mod worker;
 
 fn main() -> ExitCode {
     let argv = args::normalize(std::env::args_os().collect());

@@ -189,7 +189,43 @@ pub fn target(it: &Value) -> String {
         let ids: Vec<String> = h.iter().map(s).collect();
         rows.push(("Host Sources", ids.join(", ")));
     }
+    if let Some(f) = it["egress_worker_filter"].as_str() {
+        rows.push(("Egress Worker Filter", f.to_owned()));
+    }
     block(4, 28, &rows)
+}
+
+/// `workers read`, and one block of `workers list`.
+pub fn worker(it: &Value) -> String {
+    let tags = it["config_tags"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let vals: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+                    format!("{k}={}", vals.join(","))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let mut rows = vec![
+        ("ID", s(&it["id"])),
+        ("Name", s(&it["name"])),
+        ("Type", s(&it["type"])),
+        ("Version", s(&it["version"])),
+        ("Address", s(&it["address"])),
+        ("Tags", tags),
+        ("Connected", s(&it["connected"])),
+        ("Last Status Time", rfc1123(&it["last_status_time"])),
+        ("Session Count", s(&it["session_count"])),
+        ("Active Connection Count", s(&it["active_connection_count"])),
+        ("Release Version", s(&it["release_version"])),
+    ];
+    if let Some(t) = it["controller_generated_activation_token"].as_str() {
+        rows.push(("Controller-Generated Activation Token", t.to_owned()));
+    }
+    block(4, 40, &rows)
 }
 
 /// "Proxy listening information:" exactly as the seed lays it out.

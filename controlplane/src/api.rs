@@ -6,6 +6,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::fleet::WorkerView;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -73,7 +75,13 @@ pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/v1/auth-methods/{id_action}", post(auth_method_action))
         .route("/v1/targets", get(list_targets))
-        .route("/v1/targets/{id}", get(read_target).post(target_action))
+        .route(
+            "/v1/targets/{id}",
+            get(read_target).post(target_action).patch(update_target),
+        )
+        .route("/v1/workers:create:controller-led", post(create_worker))
+        .route("/v1/workers", get(list_workers))
+        .route("/v1/workers/{id}", get(read_worker).delete(delete_worker))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", get(read_session).post(session_action))
         .fallback(|| async { ApiError::not_found("no such API path") })
@@ -197,7 +205,143 @@ fn target_json(c: &Controller, t: &Target) -> Value {
     if let Some(a) = &t.address {
         v["address"] = json!(a);
     }
+    if let Some(f) = &t.egress_worker_filter {
+        v["egress_worker_filter"] = json!(f);
+    }
     v
+}
+
+/// The fields of a target update (`PATCH /v1/targets/{id}`); absent fields keep their value,
+/// and an empty string clears the worker filter.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TargetUpdate {
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub session_max_seconds: Option<u32>,
+    #[serde(default)]
+    pub session_connection_limit: Option<i32>,
+    #[serde(default)]
+    pub egress_worker_filter: Option<String>,
+    #[serde(default)]
+    pub attributes: Option<TargetAttributes>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAttributes {
+    #[serde(default)]
+    pub default_port: Option<u16>,
+    #[serde(default)]
+    pub default_client_port: Option<u16>,
+}
+
+async fn update_target(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let u: TargetUpdate = parse_body(&body)?;
+    let t = c.update_target(&p, &id, u).await?;
+    Ok(Json(
+        json!({"status_code": 200, "item": target_json(&c, &t)}),
+    ))
+}
+
+fn worker_json(v: &WorkerView) -> Value {
+    let w = &v.worker;
+    json!({
+        "id": w.id,
+        "scope_id": w.scope_id,
+        "scope": {"id": "global", "type": "global", "name": "global"},
+        "name": w.name,
+        "description": w.description,
+        "created_time": w.created_time,
+        "updated_time": w.updated_time,
+        "version": w.version,
+        "address": w.address,
+        "type": "pki",
+        "config_tags": w.config_tags,
+        "canonical_tags": w.config_tags,
+        "release_version": w.release_version,
+        "last_status_time": v.last_status_time,
+        "connected": v.connected,
+        "activated": w.activation_sha256.is_none(),
+        "session_count": v.session_count,
+        "active_connection_count": v.active_connection_count,
+        "authorized_actions": ["read", "delete"],
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateWorkerBody {
+    #[serde(default)]
+    scope_id: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_worker(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: CreateWorkerBody = parse_body(&body)?;
+    if b.scope_id.as_deref().is_some_and(|s| s != "global") {
+        return Err(ApiError::bad_request("workers live in the global scope"));
+    }
+    let (w, token) = c
+        .create_worker_controller_led(&p, &b.name, &b.description)
+        .await?;
+    let mut item = worker_json(&WorkerView {
+        worker: w,
+        connected: false,
+        last_status_time: None,
+        session_count: 0,
+        active_connection_count: 0,
+    });
+    item["controller_generated_activation_token"] = json!(token);
+    Ok((
+        StatusCode::OK,
+        Json(json!({"status_code": 200, "item": item})),
+    ))
+}
+
+async fn list_workers(State(c): State<Ctl>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let items: Vec<Value> = c.list_workers(&p)?.iter().map(worker_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_worker(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let v = c.read_worker(&p, &id)?;
+    Ok(Json(json!({"status_code": 200, "item": worker_json(&v)})))
+}
+
+async fn delete_worker(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_worker(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_targets(
@@ -266,7 +410,7 @@ async fn target_action(
             "endpoint": s.endpoint,
             "expiration_time": s.expiration_time,
             "connection_limit": s.connection_limit,
-            "worker_info": [{"address": s.worker_id}],
+            "worker_info": [{"address": a.worker_addr}],
         }
     })))
 }

@@ -33,12 +33,28 @@ pub trait WorkerLink: Send + Sync {
 pub struct WorkerInfo {
     /// Worker id.
     pub id: String,
+    /// Name (matched by worker filters as `/name`).
+    pub name: String,
+    /// Tags (matched by worker filters as `/tags/<key>`).
+    pub tags: BTreeMap<String, Vec<String>>,
     /// Address clients reach it at.
     pub addr: String,
     /// SHA-256 of the cluster CA its certificate chains to.
     pub ca_fingerprint: [u8; 32],
     /// The cluster link to it.
     pub link: Arc<dyn WorkerLink>,
+}
+
+/// A worker's link as the controller sees it.
+#[derive(Clone)]
+pub(crate) struct LinkState {
+    pub info: WorkerInfo,
+    /// Whether its link is up now.
+    pub connected: bool,
+    /// When the link last went up or down.
+    pub since: Timestamp,
+    /// Tells a link that has been replaced from the current one.
+    pub generation: u64,
 }
 
 /// The values `sluice dev` generates (Boundary's fixed dev ids).
@@ -86,16 +102,17 @@ pub mod dev_ids {
 }
 
 #[derive(Default)]
-struct State {
-    scopes: BTreeMap<String, Scope>,
-    users: BTreeMap<String, User>,
-    accounts: BTreeMap<String, Account>,
-    auth_tokens: HashMap<String, AuthToken>,
-    catalogs: BTreeMap<String, HostCatalog>,
-    hosts: BTreeMap<String, Host>,
-    host_sets: BTreeMap<String, HostSet>,
-    targets: BTreeMap<String, Target>,
-    sessions: HashMap<String, Session>,
+pub(crate) struct State {
+    pub(crate) scopes: BTreeMap<String, Scope>,
+    pub(crate) users: BTreeMap<String, User>,
+    pub(crate) accounts: BTreeMap<String, Account>,
+    pub(crate) auth_tokens: HashMap<String, AuthToken>,
+    pub(crate) catalogs: BTreeMap<String, HostCatalog>,
+    pub(crate) hosts: BTreeMap<String, Host>,
+    pub(crate) host_sets: BTreeMap<String, HostSet>,
+    pub(crate) targets: BTreeMap<String, Target>,
+    pub(crate) sessions: HashMap<String, Session>,
+    pub(crate) workers: BTreeMap<String, Worker>,
 }
 
 /// Who is calling the API.
@@ -117,6 +134,8 @@ pub struct Authenticated {
 #[derive(Debug, Clone)]
 pub struct Authorized {
     pub session: Session,
+    /// Where the chosen worker takes clients.
+    pub worker_addr: String,
     pub authorization_token: String,
     pub scope: Scope,
 }
@@ -126,7 +145,11 @@ pub struct Controller {
     store: Arc<dyn Store>,
     state: Mutex<State>,
     signer: TokenSigner,
-    workers: RwLock<Vec<WorkerInfo>>,
+    pub(crate) links: RwLock<HashMap<String, LinkState>>,
+    pub(crate) ca: crate::pki::ClusterCa,
+    /// When this process started: workers not heard from since are treated as down since then.
+    pub(crate) started: Timestamp,
+    pub(crate) next_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Controller {
@@ -135,7 +158,7 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("model types serialize")
 }
 
@@ -150,7 +173,7 @@ fn load<T: DeserializeOwned>(store: &dyn Store, table: Table) -> anyhow::Result<
     Ok(out)
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -180,12 +203,34 @@ impl Controller {
     ) -> anyhow::Result<Arc<Self>> {
         let mut state = State::default();
         let mut signing_seed = None;
+        let (mut ca_cert, mut ca_key) = (None, None);
         for (k, v) in store.load(Table::Meta)? {
-            if k == "token_signing_key" {
-                signing_seed = <[u8; 32]>::try_from(v.as_slice()).ok();
+            match k.as_str() {
+                "token_signing_key" => signing_seed = <[u8; 32]>::try_from(v.as_slice()).ok(),
+                "cluster_ca_cert" => ca_cert = Some(v),
+                "cluster_ca_key" => ca_key = Some(v),
+                _ => {}
             }
         }
         let mut writes = Vec::new();
+        let ca = match (ca_cert, ca_key) {
+            (Some(cert), Some(key)) => crate::pki::ClusterCa::from_parts(cert, &key)
+                .map_err(|e| anyhow::anyhow!("the stored cluster CA is unreadable: {e}"))?,
+            _ => {
+                let ca = crate::pki::ClusterCa::generate()?;
+                writes.push(Write::Put(
+                    Table::Meta,
+                    "cluster_ca_cert".into(),
+                    ca.cert().to_vec(),
+                ));
+                writes.push(Write::Put(
+                    Table::Meta,
+                    "cluster_ca_key".into(),
+                    ca.key_pkcs8(),
+                ));
+                ca
+            }
+        };
         let signing_seed = match signing_seed {
             Some(s) => s,
             None => {
@@ -222,6 +267,9 @@ impl Controller {
                 "ttcp" => serde_json::from_value(v).map(|t| {
                     state.targets.insert(id.clone(), t);
                 }),
+                "w" => serde_json::from_value(v).map(|w| {
+                    state.workers.insert(id.clone(), w);
+                }),
                 _ => Ok(()),
             };
             r.map_err(|e| anyhow::anyhow!("stored resource {id} is unreadable: {e}"))?;
@@ -251,7 +299,10 @@ impl Controller {
             store,
             state: Mutex::new(state),
             signer: TokenSigner::from_seed(&signing_seed),
-            workers: RwLock::new(Vec::new()),
+            links: RwLock::new(HashMap::new()),
+            ca,
+            started: now,
+            next_generation: std::sync::atomic::AtomicU64::new(1),
         });
         if !writes.is_empty() {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -264,7 +315,7 @@ impl Controller {
         Ok(controller)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -273,17 +324,28 @@ impl Controller {
         self.signer.verifying_key()
     }
 
-    /// Registers a worker tokens may be pinned to.
+    /// Registers an in-process worker (dev) whose link is always up.
     pub fn add_worker(&self, worker: WorkerInfo) {
-        self.workers
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.links
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(worker);
+            .insert(
+                worker.id.clone(),
+                LinkState {
+                    info: worker,
+                    connected: true,
+                    since: Timestamp::now(),
+                    generation,
+                },
+            );
     }
 
     /// Sends `writes` to the store (in call order) and returns a future that resolves once
     /// they are durable.
-    fn persist(
+    pub(crate) fn persist(
         &self,
         writes: Vec<Write>,
     ) -> impl std::future::Future<Output = Result<(), ApiError>> {
@@ -431,6 +493,97 @@ impl Controller {
     }
 
     /// A scope by id.
+    /// Updates a target's settings (admin only). A stale `version` is refused (409).
+    pub async fn update_target(
+        &self,
+        p: &Principal,
+        id: &str,
+        u: crate::api::TargetUpdate,
+    ) -> Result<Target, ApiError> {
+        if !p.user.admin {
+            return Err(ApiError::forbidden(
+                "only an administrator may change targets",
+            ));
+        }
+        let filter = match u.egress_worker_filter.as_deref() {
+            Some("") => Some(None),
+            Some(f) => {
+                crate::filter::Filter::parse(f).map_err(|e| {
+                    ApiError::bad_request(format!("egress_worker_filter is invalid: {e}"))
+                })?;
+                Some(Some(f.to_owned()))
+            }
+            None => None,
+        };
+        let (t, done) = {
+            let mut st = self.state();
+            let t = st
+                .targets
+                .get_mut(id)
+                .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+            match u.version {
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "version is required; read target {id} and pass its version (now {})",
+                        t.version
+                    )))
+                }
+                Some(v) if v != t.version => {
+                    return Err(ApiError::conflict(format!(
+                        "target {id} is at version {}, not {v}; read it again and retry",
+                        t.version
+                    )))
+                }
+                Some(_) => {}
+            }
+            let mut n = t.clone();
+            if let Some(v) = u.name {
+                n.name = v;
+            }
+            if let Some(v) = u.description {
+                n.description = v;
+            }
+            if let Some(v) = u.session_max_seconds {
+                if v == 0 {
+                    return Err(ApiError::bad_request(
+                        "session_max_seconds must be at least 1",
+                    ));
+                }
+                n.session_max_seconds = v;
+            }
+            if let Some(v) = u.session_connection_limit {
+                if v < -1 || v == 0 {
+                    return Err(ApiError::bad_request(
+                        "session_connection_limit must be -1 (unlimited) or at least 1",
+                    ));
+                }
+                n.session_connection_limit = v;
+            }
+            if let Some(f) = filter {
+                n.egress_worker_filter = f;
+            }
+            if let Some(a) = u.attributes {
+                if let Some(port) = a.default_port {
+                    if port == 0 {
+                        return Err(ApiError::bad_request("default_port must be 1–65535"));
+                    }
+                    n.default_port = port;
+                }
+                if let Some(port) = a.default_client_port {
+                    n.default_client_port = port;
+                }
+            }
+            n.version += 1;
+            n.updated_time = Timestamp::now();
+            *t = n.clone();
+            let done = self.persist(vec![Write::Put(Table::Resources, n.id.clone(), enc(&n))]);
+            (n, done)
+        };
+        done.await?;
+        info!(target_id = %id, version = t.version, "target updated");
+        Ok(t)
+    }
+
     pub fn scope(&self, id: &str) -> Option<Scope> {
         self.state().scopes.get(id).cloned()
     }
@@ -442,23 +595,15 @@ impl Controller {
         target_id: &str,
         host_id: Option<&str>,
     ) -> Result<Authorized, ApiError> {
-        let worker = self
-            .workers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::conflict("no worker is available to handle the session; start a worker")
-            })?;
         let now = Timestamp::now();
-        let (session, scope, token, done) = {
+        let (session, scope, token, worker_addr, done) = {
             let mut st = self.state();
             let target = st
                 .targets
                 .get(target_id)
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(format!("target {target_id} not found")))?;
+            let worker = self.pick_worker(&target)?;
             if target.default_port == 0 {
                 return Err(ApiError::conflict(format!(
                     "target {target_id} has no default port; set one with `sluice targets update tcp -id {target_id} -default-port N`"
@@ -556,12 +701,13 @@ impl Controller {
                 session.id.clone(),
                 enc(&session),
             )]);
-            (session, scope, token, done)
+            (session, scope, token, worker.addr.clone(), done)
         };
         done.await?;
         info!(session_id = %session.id, target_id, user_id = %p.user.id, "session authorized");
         Ok(Authorized {
             session,
+            worker_addr,
             authorization_token: token,
             scope,
         })
@@ -648,12 +794,12 @@ impl Controller {
         done.await?;
         info!(session_id = %id, "session canceling");
         let link = self
-            .workers
+            .links
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|w| w.id == session.worker_id)
-            .map(|w| w.link.clone());
+            .get(&session.worker_id)
+            .filter(|l| l.connected)
+            .map(|l| l.info.link.clone());
         match link {
             Some(link) => link.cancel_session(id, session.expiration_time.as_second() as u64),
             None => {
@@ -770,6 +916,7 @@ impl Controller {
                     writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
                 }
             }
+            writes.extend(self.end_sessions_of_dead_workers(&mut st, now));
             let n = writes.len();
             if n == 0 {
                 return Ok(0);
@@ -885,6 +1032,7 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         default_client_port: 0,
         session_max_seconds: seed.target_session_max_seconds,
         session_connection_limit: seed.target_session_connection_limit,
+        egress_worker_filter: None,
         version: 1,
         created_time: now,
         updated_time: now,
@@ -907,6 +1055,7 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
             Some(old) => Target {
                 created_time: old.created_time,
                 version: old.version,
+                egress_worker_filter: old.egress_worker_filter.clone(),
                 ..t
             },
             None => t,

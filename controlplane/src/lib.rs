@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod controller;
+pub mod filter;
+pub mod fleet;
 pub mod ids;
 pub mod model;
 pub mod pki;

@@ -90,6 +90,10 @@ pub struct Target {
     pub default_client_port: u16,
     pub session_max_seconds: u32,
     pub session_connection_limit: i32,
+    /// Boolean expression over a worker's name and tags choosing the workers that may handle
+    /// the target's sessions (Boundary's egress worker filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_worker_filter: Option<String>,
     pub version: u32,
     pub created_time: Timestamp,
     pub updated_time: Timestamp,
@@ -176,4 +180,35 @@ impl Session {
             .first()
             .map_or(SessionStatus::Pending, |s| s.status)
     }
+}
+
+/// A worker registered with the controller (`sluice workers create controller-led`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Worker {
+    pub id: String,
+    pub scope_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Where clients reach it, as it last reported.
+    #[serde(default)]
+    pub address: String,
+    /// Tags from the worker's configuration, as it last reported.
+    #[serde(default)]
+    pub config_tags: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub release_version: String,
+    pub created_time: Timestamp,
+    pub updated_time: Timestamp,
+    pub version: u32,
+    /// SHA-256 (hex) of the one-time activation secret until it is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_sha256: Option<String>,
+    /// SHA-256 (hex) of the certificate issued at activation: the worker's credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+    /// The boot id of the worker process last connected.
+    #[serde(default)]
+    pub boot_id: u64,
 }

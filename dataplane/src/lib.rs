@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod cluster;
 mod net;
 mod pool;
 mod registry;

@@ -103,6 +103,29 @@ pub fn rustls_client_config(
     Ok(tls)
 }
 
+/// The worker's TLS configuration for its link to the controller: the controller must chain
+/// to the cluster CA with `ca_fingerprint`; `client` is the worker's certificate chain and
+/// key (absent while activating).
+pub fn cluster_client_config(
+    ca_fingerprint: [u8; 32],
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            pin: ca_fingerprint,
+            provider,
+        }));
+    let mut tls = match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![sluice_proto::cluster::CLUSTER_ALPN.to_vec()];
+    Ok(tls)
+}
+
 /// Verifies a worker against the CA pinned in the token: the worker sends the CA certificate as
 /// the last element of its chain; it is trusted only if its SHA-256 matches the pin, and then
 /// the ordinary WebPKI checks run with it as the only root.
@@ -126,8 +149,7 @@ impl ServerCertVerifier for PinnedCa {
             .find(|c| fingerprint(c) == self.pin)
             .ok_or_else(|| {
                 rustls::Error::General(
-                    "the worker's certificate does not chain to the cluster CA pinned in the token"
-                        .into(),
+                    "the peer's certificate does not chain to the pinned cluster CA".into(),
                 )
             })?;
         let mut roots = RootCertStore::empty();

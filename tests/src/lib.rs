@@ -307,6 +307,199 @@ impl Dev {
     }
 }
 
+/// Ports and directories of a `sluice server`, kept so it can be killed and started again.
+pub struct ServerSetup {
+    pub data_dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub cluster_port: u16,
+    pub host_address: String,
+    pub target_port: u16,
+}
+
+impl ServerSetup {
+    pub fn new(target_port: u16) -> Self {
+        Self {
+            data_dir: tempfile::tempdir().unwrap(),
+            api_port: free_port(),
+            cluster_port: free_port(),
+            host_address: "127.0.0.1".into(),
+            target_port,
+        }
+    }
+
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
+    }
+
+    fn spawn(&self, home: &std::path::Path) -> Proc {
+        let config = self.data_dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[initial]\nadmin_password = \"env://SLUICE_TEST_PW\"\nuser_password = \"env://SLUICE_TEST_PW\"\n\
+                 host_address = \"{}\"\ntarget_default_port = {}\n",
+                self.host_address, self.target_port
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(["server", "-config"])
+            .arg(&config)
+            .arg("-data-dir")
+            .arg(self.data_dir.path().join("store"))
+            .args([
+                "-api-addr",
+                &format!("127.0.0.1:{}", self.api_port),
+                "-cluster-addr",
+                &self.cluster_addr(),
+            ])
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("SLUICE_TEST_PW", "password")
+            .env("SLUICE_LOG", "info,quinn=warn");
+        let mut proc = Proc::spawn(cmd);
+        wait_for("sluice server to start", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("sluice server exited ({status}):\n{}", proc.stderr());
+            }
+            proc.stdout().contains("server started").then_some(())
+        });
+        proc
+    }
+}
+
+impl Dev {
+    /// Starts `sluice server` (no worker) per `setup`, and logs in as admin.
+    pub fn server(setup: &ServerSetup) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let proc = setup.spawn(home.path());
+        let dev = Self {
+            proc,
+            api: format!("http://127.0.0.1:{}", setup.api_port),
+            home,
+            args: vec![],
+        };
+        dev.ok(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            "admin",
+            "-password",
+            "env://SLUICE_TEST_PW",
+        ]);
+        dev
+    }
+
+    /// Starts the server of `setup` again in place of this one (after it was killed).
+    pub fn restart_server(&mut self, setup: &ServerSetup) {
+        self.proc = setup.spawn(self.home.path());
+    }
+
+    /// Registers a worker and returns `(worker id, activation token)`.
+    pub fn create_worker(&self, name: &str) -> (String, String) {
+        let out = self.ok(&[
+            "workers",
+            "create",
+            "controller-led",
+            "-name",
+            name,
+            "-format",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (
+            v["item"]["id"].as_str().unwrap().to_owned(),
+            v["item"]["controller_generated_activation_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    }
+
+    /// The JSON item of `sessions read`.
+    pub fn session_json(&self, id: &str) -> serde_json::Value {
+        let out = self.ok(&["sessions", "read", "-id", id, "-format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["item"].clone()
+    }
+}
+
+/// A `sluice worker` process with its own identity directory.
+pub struct WorkerProc {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub args: Vec<String>,
+}
+
+impl WorkerProc {
+    /// Starts a worker linked to `setup`'s controller, activating with `token` if given.
+    pub fn start(setup: &ServerSetup, token: Option<&str>, tags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_udp_port();
+        let mut args: Vec<String> = vec![
+            "worker".into(),
+            "-proxy-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "-initial-upstream".into(),
+            setup.cluster_addr(),
+            "-auth-storage-path".into(),
+            dir.path().display().to_string(),
+        ];
+        for t in tags {
+            args.push("-tag".into());
+            args.push(t.to_string());
+        }
+        if let Some(t) = token {
+            args.push("-activation-token".into());
+            args.push(t.into());
+        }
+        let mut w = Self {
+            proc: Self::spawn(&args),
+            dir,
+            port,
+            args,
+        };
+        w.wait_linked();
+        w
+    }
+
+    fn spawn(args: &[String]) -> Proc {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args).env("SLUICE_LOG", "info,quinn=warn");
+        Proc::spawn(cmd)
+    }
+
+    /// Waits until the worker logs that it is linked.
+    pub fn wait_linked(&mut self) {
+        self.wait_linked_times(1);
+    }
+
+    /// Waits until the worker has linked `n` times in all (a relink after an outage).
+    pub fn wait_linked_times(&mut self, n: usize) {
+        wait_for("the worker to link", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("sluice worker exited ({status}):\n{}", self.proc.stderr());
+            }
+            (self
+                .proc
+                .stderr()
+                .matches("linked to the controller")
+                .count()
+                >= n)
+                .then_some(())
+        });
+    }
+
+    /// Kills the worker with SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -1,0 +1,258 @@
+//! `sluice server`: the controller as operators run it, with workers in their own processes.
+//!
+//! ```toml
+//! # controller.toml — every key is optional; these are the defaults.
+//! [controller]
+//! data_dir = "/var/lib/sluice"     # the redb store (sessions, resources, keys, cluster CA)
+//!
+//! [api]
+//! address = "127.0.0.1:9200"       # HTTP API
+//!
+//! [cluster]
+//! address = "127.0.0.1:9201"       # workers connect here (TLS 1.3, mutual once activated)
+//!
+//! [initial]                        # resources created on the first start only
+//! login_name = "admin"
+//! admin_password = "env://SLUICE_ADMIN_PASSWORD"   # generated and printed when absent
+//! user_login_name = "user"
+//! user_password = "file:///run/secrets/user"       # generated and printed when absent
+//! host_address = "127.0.0.1"
+//! target_default_port = 22
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use sluice_controlplane::controller::dev_ids;
+use sluice_controlplane::{Controller, DevSeed, RedbStore, Store};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::args::ServerArgs;
+use crate::output::block;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ControllerFile {
+    controller: ControllerSection,
+    api: Listener,
+    cluster: Listener,
+    initial: Initial,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ControllerSection {
+    name: String,
+    data_dir: PathBuf,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        Self {
+            name: "controller".into(),
+            data_dir: "/var/lib/sluice".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Listener {
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Initial {
+    login_name: String,
+    admin_password: Option<String>,
+    user_login_name: String,
+    user_password: Option<String>,
+    host_address: String,
+    target_default_port: u16,
+    target_session_max_seconds: u32,
+    target_session_connection_limit: i32,
+}
+
+impl Default for Initial {
+    fn default() -> Self {
+        let d = DevSeed::default();
+        Self {
+            login_name: d.login_name,
+            admin_password: None,
+            user_login_name: d.unprivileged_login_name,
+            user_password: None,
+            host_address: "127.0.0.1".into(),
+            target_default_port: d.target_default_port,
+            target_session_max_seconds: d.target_session_max_seconds,
+            target_session_connection_limit: d.target_session_connection_limit,
+        }
+    }
+}
+
+/// Reads a TOML configuration file, naming the file and the problem on failure.
+pub fn read_config<T: for<'de> Deserialize<'de> + Default>(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read the configuration {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn password(given: Option<&str>, what: &str) -> anyhow::Result<(String, bool)> {
+    match given {
+        Some(v) => Ok((crate::secrets::resolve(v, what)?, false)),
+        None => {
+            use rand::distributions::{Alphanumeric, DistString};
+            Ok((
+                Alphanumeric.sample_string(&mut rand::thread_rng(), 20),
+                true,
+            ))
+        }
+    }
+}
+
+fn addr(v: Option<&str>, default: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    let v = v.unwrap_or(default);
+    v.parse()
+        .with_context(|| format!("{what} {v:?} is not an address:port"))
+}
+
+pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    crate::dev::init_logging();
+    let cfg: ControllerFile = read_config(a.config.as_deref())?;
+    let data_dir = a.data_dir.unwrap_or(cfg.controller.data_dir);
+    let api_addr = addr(
+        a.api_addr.as_deref().or(cfg.api.address.as_deref()),
+        "127.0.0.1:9200",
+        "the API address",
+    )?;
+    let cluster_addr = addr(
+        a.cluster_addr.as_deref().or(cfg.cluster.address.as_deref()),
+        "127.0.0.1:9201",
+        "the cluster address",
+    )?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("while creating the data directory {}", data_dir.display()))?;
+    let store = Arc::new(RedbStore::open(&data_dir.join("sluice.redb"))?);
+    let first_start = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .load(sluice_controlplane::store::Table::Resources)
+                .map(|r| r.is_empty())
+        })
+        .await??
+    };
+    let mut initial_rows = Vec::new();
+    let seed = if first_start {
+        let i = &cfg.initial;
+        let (admin_pw, admin_generated) =
+            password(i.admin_password.as_deref(), "initial.admin_password")?;
+        let (user_pw, user_generated) =
+            password(i.user_password.as_deref(), "initial.user_password")?;
+        let shown = |pw: &str, generated: bool| {
+            if generated {
+                pw.to_owned()
+            } else {
+                "(from the configuration)".to_owned()
+            }
+        };
+        initial_rows = vec![
+            ("Auth Method ID", dev_ids::AUTH_METHOD.to_owned()),
+            ("Login Name", i.login_name.clone()),
+            ("Password", shown(&admin_pw, admin_generated)),
+            ("Unprivileged Login Name", i.user_login_name.clone()),
+            ("Unprivileged Password", shown(&user_pw, user_generated)),
+            ("Org Scope ID", dev_ids::ORG.to_owned()),
+            ("Project Scope ID", dev_ids::PROJECT.to_owned()),
+            ("Target ID", dev_ids::TARGET.to_owned()),
+        ];
+        Some(DevSeed {
+            login_name: i.login_name.clone(),
+            password: admin_pw,
+            unprivileged_login_name: i.user_login_name.clone(),
+            unprivileged_password: user_pw,
+            host_address: i.host_address.clone(),
+            target_default_port: i.target_default_port,
+            target_session_max_seconds: i.target_session_max_seconds,
+            target_session_connection_limit: i.target_session_connection_limit,
+        })
+    } else {
+        None
+    };
+    let controller = tokio::task::spawn_blocking({
+        let store = store.clone();
+        // Sessions stay as they were: their workers are separate processes that reconnect
+        // (or, if they do not within the grace period, the sweep ends their sessions).
+        move || Controller::open(store, seed.as_ref(), false)
+    })
+    .await??;
+
+    let cluster = tokio::net::TcpListener::bind(cluster_addr)
+        .await
+        .with_context(|| format!("while listening for workers on {cluster_addr}"))?;
+    let cluster_local = cluster.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("while listening for the API on {api_addr}"))?;
+    let api_local = listener.local_addr()?;
+    let cluster_task = tokio::spawn(sluice_controlplane::cluster::serve(
+        controller.clone(),
+        cluster,
+    ));
+    let sweeper = crate::dev::spawn_sweeper(controller.clone());
+
+    println!("==> Sluice server configuration\n");
+    if !initial_rows.is_empty() {
+        println!("  Initial resources (first start; passwords are shown only now):");
+        println!("{}", block(4, 27, &initial_rows));
+    }
+    println!(
+        "{}",
+        block(
+            2,
+            27,
+            &[
+                ("API Address", format!("http://{api_local}")),
+                ("Cluster Address", cluster_local.to_string()),
+                ("Data Directory", data_dir.display().to_string()),
+            ]
+        )
+    );
+    println!("==> Sluice server started! Log data will stream in below:");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    axum::serve(
+        listener,
+        sluice_controlplane::api::router(controller.clone()),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("while serving the API")?;
+    info!("shutting down");
+    sweeper.abort();
+    cluster_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(1), cluster_task).await;
+    drop(controller);
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

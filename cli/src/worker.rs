@@ -1,0 +1,257 @@
+//! `sluice worker`: a worker in its own process, linked to a controller.
+//!
+//! ```toml
+//! # worker.toml — every key but the first start's activation token is optional.
+//! [worker]
+//! name = "w1"
+//! initial_upstreams = ["127.0.0.1:9201"]     # controller cluster addresses
+//! public_addr = "127.0.0.1:9202"             # what clients dial (default: the listener's)
+//! auth_storage_path = "/var/lib/sluice-worker"   # identity after activation (0600)
+//! # From `sluice workers create controller-led`; needed on the first start only.
+//! controller_generated_activation_token = "env://SLUICE_ACTIVATION_TOKEN"
+//! threads = 0                                # 0: one per core
+//! allow_plaintext = false                    # accept the plaintext tcp transport
+//!
+//! [worker.tags]
+//! env = ["prod"]
+//!
+//! [listener]
+//! address = "127.0.0.1:9202"                 # QUIC (UDP) and TLS/TCP on the same port
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sluice_dataplane::cluster::{activate, run_link, LinkConfig};
+use sluice_dataplane::{tls, Worker, WorkerConfig};
+use sluice_proto::KeySet;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::args::WorkerArgs;
+use crate::output::block;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct WorkerFile {
+    worker: WorkerSection,
+    listener: ListenerSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WorkerSection {
+    name: String,
+    description: String,
+    public_addr: Option<String>,
+    initial_upstreams: Vec<String>,
+    auth_storage_path: PathBuf,
+    controller_generated_activation_token: Option<String>,
+    threads: usize,
+    allow_plaintext: bool,
+    tags: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            description: String::new(),
+            public_addr: None,
+            initial_upstreams: vec!["127.0.0.1:9201".into()],
+            auth_storage_path: "/var/lib/sluice-worker".into(),
+            controller_generated_activation_token: None,
+            threads: 0,
+            allow_plaintext: false,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ListenerSection {
+    address: String,
+}
+
+impl Default for ListenerSection {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9202".into(),
+        }
+    }
+}
+
+/// What activation left in `auth_storage_path`.
+#[derive(Serialize, Deserialize)]
+struct StoredIdentity {
+    worker_id: String,
+    cert: Vec<u8>,
+    ca_cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+const IDENTITY_FILE: &str = "worker-auth.json";
+
+fn load_identity(dir: &Path) -> anyhow::Result<Option<StoredIdentity>> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+            format!(
+                "{} is unreadable; remove it and activate the worker again",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("while reading {}", path.display())),
+    }
+}
+
+fn save_identity(dir: &Path, id: &StoredIdentity) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let path = dir.join(IDENTITY_FILE);
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("while writing {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(id)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(())
+}
+
+fn parse_tag(t: &str) -> anyhow::Result<(String, String)> {
+    match t.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => anyhow::bail!("-tag {t:?} must be KEY=VALUE"),
+    }
+}
+
+pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    crate::dev::init_logging();
+    let cfg: WorkerFile = crate::server::read_config(a.config.as_deref())?;
+    let mut w = cfg.worker;
+    if let Some(n) = a.name {
+        w.name = n;
+    }
+    if !a.initial_upstream.is_empty() {
+        w.initial_upstreams = a.initial_upstream;
+    }
+    if let Some(p) = a.auth_storage_path {
+        w.auth_storage_path = p;
+    }
+    if let Some(t) = a.activation_token {
+        w.controller_generated_activation_token = Some(t);
+    }
+    if a.public_addr.is_some() {
+        w.public_addr = a.public_addr;
+    }
+    for t in &a.tags {
+        let (k, v) = parse_tag(t)?;
+        w.tags.entry(k).or_default().push(v);
+    }
+    let listen = a.proxy_addr.unwrap_or(cfg.listener.address);
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("the listener address {listen:?} is not an address:port"))?;
+
+    let identity = match load_identity(&w.auth_storage_path)? {
+        Some(id) => id,
+        None => {
+            let token = w.controller_generated_activation_token.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this worker has no identity in {} yet: start it once with \
+                     controller_generated_activation_token (from `sluice workers create controller-led`)",
+                    w.auth_storage_path.display()
+                )
+            })?;
+            let token = crate::secrets::resolve(token, "controller_generated_activation_token")?;
+            let (key, public) = sluice_controlplane::pki::worker_key_pair()
+                .context("while generating the worker key")?;
+            let (worker_id, cert, ca_cert) =
+                activate(&w.initial_upstreams, &token, public)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("activation failed: {e}"))?;
+            let id = StoredIdentity {
+                worker_id,
+                cert,
+                ca_cert,
+                key,
+            };
+            save_identity(&w.auth_storage_path, &id)?;
+            info!(worker_id = %id.worker_id, "activated");
+            id
+        }
+    };
+
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = WorkerConfig::new(
+        identity.worker_id.clone(),
+        listen,
+        vec![
+            tls::CertificateDer::from(identity.cert.clone()),
+            tls::CertificateDer::from(identity.ca_cert.clone()),
+        ],
+        identity.key.clone(),
+    );
+    config.threads = w.threads;
+    config.allow_plaintext = w.allow_plaintext;
+    // Keys arrive with the controller's welcome; until then no token verifies.
+    let worker = Worker::start(config, KeySet::default(), events_tx)
+        .with_context(|| format!("while starting the worker on {listen}"))?;
+    let local = worker.local_addr();
+    let public = w.public_addr.clone().unwrap_or_else(|| local.to_string());
+    let link = tokio::spawn(run_link(
+        LinkConfig {
+            upstreams: w.initial_upstreams.clone(),
+            worker_id: identity.worker_id.clone(),
+            cert: identity.cert.clone(),
+            ca_cert: identity.ca_cert.clone(),
+            key: identity.key.clone(),
+            boot_id: rand::random::<u64>() | 1,
+            address: public.clone(),
+            tags: w.tags.clone(),
+        },
+        worker.handle(),
+        events_rx,
+    ));
+    println!(
+        "==> Sluice worker configuration\n\n{}\n==> Sluice worker started! Log data will stream in below:",
+        block(
+            2,
+            27,
+            &[
+                ("Worker ID", identity.worker_id.clone()),
+                ("Name", w.name.clone()),
+                ("Proxy Address", local.to_string()),
+                ("Public Address", public),
+                ("Upstreams", w.initial_upstreams.join(", ")),
+            ]
+        )
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    info!("shutting down");
+    tokio::task::spawn_blocking(move || worker.shutdown()).await?;
+    // Give the link a moment to deliver the closing events.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link).await;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,333 @@
+//! Workers as a fleet: `sluice server` and `sluice worker` as separate processes, enrollment,
+//! worker filters, and what happens when either process dies.
+
+use std::time::Duration;
+
+use sluice_e2e::{text, wait_for, Connect, Dev, Proc, ServerSetup, Sshd, WorkerProc};
+
+const TARGET: &str = "ttcp_1234567890";
+
+fn authorize_worker(dev: &Dev) -> String {
+    let out = dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        TARGET,
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sid = v["item"]["session_id"].as_str().unwrap();
+    dev.session_json(sid)["worker_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_worker_filter_picks_the_worker_with_matching_tags() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let dev = Dev::server(&setup);
+    let (prod_id, prod_token) = dev.create_worker("w-prod");
+    let (dev_id, dev_token) = dev.create_worker("w-dev");
+    let _prod = WorkerProc::start(&setup, Some(&prod_token), &["env=prod", "region=eu"]);
+    let _devw = WorkerProc::start(&setup, Some(&dev_token), &["env=dev"]);
+
+    let list = dev.ok(&["workers", "list"]);
+    for want in [
+        prod_id.as_str(),
+        dev_id.as_str(),
+        "env=prod region=eu",
+        "env=dev",
+    ] {
+        assert!(list.contains(want), "missing {want:?} in:\n{list}");
+    }
+    assert_eq!(
+        list.matches("Connected:                              true")
+            .count(),
+        2,
+        "{list}"
+    );
+
+    let updated = dev.ok(&[
+        "targets",
+        "update",
+        "tcp",
+        "-id",
+        TARGET,
+        "-egress-worker-filter",
+        r#""prod" in "/tags/env""#,
+    ]);
+    assert!(
+        updated.contains(r#"Egress Worker Filter:       "prod" in "/tags/env""#),
+        "{updated}"
+    );
+    for _ in 0..8 {
+        assert_eq!(
+            authorize_worker(&dev),
+            prod_id,
+            "the filter admits only w-prod"
+        );
+    }
+
+    // Real traffic through the chosen worker.
+    let opts = sshd.client_opts();
+    let mut args = vec![
+        "connect",
+        "ssh",
+        "-target-id",
+        TARGET,
+        "-username",
+        &sshd.user,
+        "--",
+    ];
+    args.extend(opts.iter().map(String::as_str));
+    args.push("echo via-$((40+2))");
+    let out = dev.sluice(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "via-42");
+
+    let filter = r#""dev" in "/tags/env" or "/name" == "nobody""#;
+    dev.ok(&[
+        "targets",
+        "update",
+        "tcp",
+        "-id",
+        TARGET,
+        "-egress-worker-filter",
+        filter,
+    ]);
+    assert_eq!(authorize_worker(&dev), dev_id);
+
+    // No live worker matches: a clear refusal at authorize time.
+    dev.ok(&[
+        "targets",
+        "update",
+        "tcp",
+        "-id",
+        TARGET,
+        "-egress-worker-filter",
+        r#""staging" in "/tags/env""#,
+    ]);
+    let out = dev.sluice(&["targets", "authorize-session", "-id", TARGET]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no connected worker matches"), "{err}");
+
+    // A filter that does not parse is refused and leaves the target as it was.
+    let out = dev.sluice(&[
+        "targets",
+        "update",
+        "tcp",
+        "-id",
+        TARGET,
+        "-egress-worker-filter",
+        r#""prod" in"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("egress_worker_filter is invalid"),
+        "{}",
+        text(&out.stderr)
+    );
+    let read = dev.ok(&["targets", "read", "-id", TARGET]);
+    assert!(read.contains(r#""staging" in "/tags/env""#), "{read}");
+
+    // A stale version is refused.
+    let out = dev.sluice(&[
+        "targets", "update", "tcp", "-id", TARGET, "-version", "1", "-name", "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("HTTP 409"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_controller_killed_mid_traffic_cuts_nothing_and_loses_nothing() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let mut dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    let mut live = Proc::spawn(sshd.ssh(
+        conn.port,
+        "for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 0.5; done",
+    ));
+    wait_for("ssh output", Duration::from_secs(20), || {
+        live.stdout().contains("line1").then_some(())
+    });
+
+    let _ = dev.proc.child.kill(); // SIGKILL
+    let _ = dev.proc.child.wait();
+
+    // Traffic goes on without the controller, and new connections of the session open.
+    let st = live.wait(Duration::from_secs(30));
+    assert!(st.success(), "ssh was cut: {}", live.stderr());
+    assert!(live.stdout().contains("line8"), "{}", live.stdout());
+    let during = sshd.ssh(conn.port, "echo during-outage").output().unwrap();
+    assert_eq!(
+        text(&during.stdout).trim(),
+        "during-outage",
+        "{}",
+        text(&during.stderr)
+    );
+
+    dev.restart_server(&setup);
+    worker.wait_linked_times(2);
+    // The events of the outage were kept by the worker and replayed: both connections are
+    // recorded, closed, with their bytes.
+    let s = wait_for("the replayed events", Duration::from_secs(20), || {
+        let s = dev.session_json(&conn.session_id);
+        let conns = s["connections"].as_array().cloned().unwrap_or_default();
+        (conns.len() == 2 && conns.iter().all(|c| c["status"] == "closed")).then_some(s)
+    });
+    assert_eq!(s["status"], "active", "{s}");
+    for c in s["connections"].as_array().unwrap() {
+        assert!(c["bytes_down"].as_u64().unwrap() > 0, "{c}");
+    }
+
+    // A cancel after the restart reaches the worker.
+    dev.ok(&["sessions", "cancel", "-id", &conn.session_id]);
+    conn.proc.wait(Duration::from_secs(15));
+    assert!(
+        conn.proc.stdout().contains("Session was canceled"),
+        "{}",
+        conn.proc.stdout()
+    );
+    dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
+}
+
+#[test]
+fn a_killed_worker_has_its_sessions_ended_with_system_error() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    let live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh to start", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    dev.wait_status(&conn.session_id, "active", Duration::from_secs(10));
+    wait_for(
+        "the connection to be recorded",
+        Duration::from_secs(10),
+        || {
+            (dev.session_json(&conn.session_id)["connections"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1))
+            .then_some(())
+        },
+    );
+
+    worker.kill9();
+    // Within 15 s of the worker's death its session is terminated with system error.
+    let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("system error"),
+        "{read}"
+    );
+    let s = dev.session_json(&conn.session_id);
+    for c in s["connections"].as_array().unwrap() {
+        assert_eq!(c["status"], "closed", "{c}");
+    }
+    assert!(
+        s["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["closed_reason"] == "system error"),
+        "{s}"
+    );
+    // With no worker left, authorizing says so.
+    let out = dev.sluice(&["targets", "authorize-session", "-id", TARGET]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no worker is connected"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn activation_tokens_work_once_and_deleted_workers_are_shut_out() {
+    let setup = ServerSetup::new(22);
+    let dev = Dev::server(&setup);
+    let (id, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let read = dev.ok(&["workers", "read", "-id", &id]);
+    assert_eq!(
+        Dev::field(&read, "Connected").as_deref(),
+        Some("true"),
+        "{read}"
+    );
+
+    // The same token again, from a worker without an identity: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut again = Proc::spawn({
+        let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
+        c.args([
+            "worker",
+            "-proxy-addr",
+            "127.0.0.1:0",
+            "-initial-upstream",
+            &setup.cluster_addr(),
+        ])
+        .arg("-auth-storage-path")
+        .arg(dir.path())
+        .args(["-activation-token", &token]);
+        c
+    });
+    let st = again.wait(Duration::from_secs(30));
+    assert!(!st.success());
+    assert!(
+        again.stderr().contains("already used"),
+        "{}",
+        again.stderr()
+    );
+
+    // A worker restarted with its stored identity links without a token.
+    worker.proc.stop();
+    let mut restarted = Proc::spawn({
+        let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
+        c.args(&worker.args[..worker.args.len() - 2]);
+        c
+    });
+    wait_for(
+        "the restarted worker to link",
+        Duration::from_secs(30),
+        || {
+            restarted
+                .stderr()
+                .contains("linked to the controller")
+                .then_some(())
+        },
+    );
+
+    // Deleted: its certificate no longer opens a link, and no session can be pinned to it.
+    let out = dev.ok(&["workers", "delete", "-id", &id]);
+    assert!(out.contains("delete operation completed"), "{out}");
+    wait_for("the worker to be shut out", Duration::from_secs(20), || {
+        restarted.stderr().contains("not registered").then_some(())
+    });
+    let out = dev.sluice(&["workers", "read", "-id", &id]);
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = dev.sluice(&["targets", "authorize-session", "-id", TARGET]);
+    assert!(
+        text(&out.stderr).contains("no worker is connected"),
+        "{}",
+        text(&out.stderr)
+    );
+    restarted.stop();
+}

@@ -355,3 +355,19 @@ pub async fn workers(common: &Common, w: Workers) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn rotate_keys(common: &Common, scope_id: &str) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/scopes/{scope_id}:rotate-keys"),
+            Some(json!({})),
+        )
+        .await?;
+    match common.format {
+        Format::Json => print_json(&v),
+        Format::Table => println!("The key rotation completed successfully."),
+    }
+    Ok(ExitCode::SUCCESS)
+}

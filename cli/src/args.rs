@@ -91,6 +91,9 @@ pub enum Command {
     /// Workers registered with the controller
     #[command(subcommand)]
     Workers(Workers),
+    /// Scopes
+    #[command(subcommand)]
+    Scopes(Scopes),
     /// Authenticate and store an auth token
     #[command(subcommand)]
     Authenticate(Authenticate),
@@ -203,6 +206,15 @@ pub enum Workers {
     Delete {
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scopes {
+    /// Replace the token-signing key; tokens already issued stay valid until they expire
+    RotateKeys {
+        #[arg(long, default_value = "global")]
+        scope_id: String,
     },
 }
 
@@ -388,6 +400,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => crate::server::run(a).await,
         Command::Worker(a) => crate::worker::run(a).await,
         Command::Workers(w) => crate::api::workers(&common, w).await,
+        Command::Scopes(crate::args::Scopes::RotateKeys { scope_id }) => {
+            crate::api::rotate_keys(&common, &scope_id).await
+        }
         Command::Authenticate(Authenticate::Password(a)) => {
             crate::api::authenticate(&common, a).await
         }

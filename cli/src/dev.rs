@@ -12,7 +12,6 @@ use sluice_controlplane::controller::dev_ids;
 use sluice_controlplane::pki::{generate_worker_identity, WorkerIdentity};
 use sluice_controlplane::{Controller, DevSeed, RedbStore, WorkerInfo, WorkerLink};
 use sluice_dataplane::{tls, Worker, WorkerConfig, WorkerHandle};
-use sluice_proto::KeySet;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -26,6 +25,10 @@ struct DevLink(WorkerHandle);
 impl WorkerLink for DevLink {
     fn cancel_session(&self, session_id: &str, expires_at: u64) {
         self.0.cancel_session(session_id, expires_at);
+    }
+
+    fn set_keys(&self, keys: Vec<Vec<u8>>) {
+        self.0.set_keys(sluice_dataplane::cluster::key_set(&keys));
     }
 }
 
@@ -116,8 +119,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
 
     let identity = load_or_create_identity(&dir)?;
     let ca = rustls_der(&identity.ca_cert);
-    let mut keys = KeySet::default();
-    keys.insert(controller.verifying_key());
+    let keys = sluice_dataplane::cluster::key_set(&controller.verifying_keys());
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut config = WorkerConfig::new(
         DEV_WORKER_ID.into(),

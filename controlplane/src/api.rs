@@ -81,6 +81,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route("/v1/workers:create:controller-led", post(create_worker))
         .route("/v1/workers", get(list_workers))
+        .route("/v1/scopes/{id_action}", post(scope_action))
         .route("/v1/workers/{id}", get(read_worker).delete(delete_worker))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", get(read_session).post(session_action))
@@ -316,6 +317,25 @@ async fn create_worker(
         StatusCode::OK,
         Json(json!({"status_code": 200, "item": item})),
     ))
+}
+
+async fn scope_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    match (id, action) {
+        ("global", Some("rotate-keys")) => {
+            let p = principal(&c, &headers)?;
+            c.rotate_keys(&p).await?;
+            Ok(Json(json!({"status_code": 200})))
+        }
+        (_, Some("rotate-keys")) => Err(ApiError::bad_request(
+            "token-signing keys belong to the global scope; use -scope-id global",
+        )),
+        _ => Err(ApiError::not_found(format!("no action {id_action}"))),
+    }
 }
 
 async fn list_workers(State(c): State<Ctl>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

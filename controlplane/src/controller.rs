@@ -26,6 +26,8 @@ use crate::store::{Store, Table, Write};
 pub trait WorkerLink: Send + Sync {
     /// Ends `session_id` on the worker now (cancel), remembering it until `expires_at`.
     fn cancel_session(&self, session_id: &str, expires_at: u64);
+    /// Replaces the keys the worker verifies tokens with (Ed25519 public keys, 32 bytes each).
+    fn set_keys(&self, keys: Vec<Vec<u8>>);
 }
 
 /// A worker tokens can be pinned to.
@@ -144,7 +146,10 @@ pub struct Authorized {
 pub struct Controller {
     store: Arc<dyn Store>,
     state: Mutex<State>,
-    signer: TokenSigner,
+    pub(crate) signer: RwLock<TokenSigner>,
+    /// Public keys of rotated-out signing keys, each with the unix second until which tokens
+    /// it signed may still be presented.
+    pub(crate) retired_keys: Mutex<Vec<([u8; 32], i64)>>,
     pub(crate) links: RwLock<HashMap<String, LinkState>>,
     pub(crate) ca: crate::pki::ClusterCa,
     /// When this process started: workers not heard from since are treated as down since then.
@@ -203,10 +208,16 @@ impl Controller {
     ) -> anyhow::Result<Arc<Self>> {
         let mut state = State::default();
         let mut signing_seed = None;
+        let mut retired: Vec<([u8; 32], i64)> = Vec::new();
         let (mut ca_cert, mut ca_key) = (None, None);
         for (k, v) in store.load(Table::Meta)? {
             match k.as_str() {
                 "token_signing_key" => signing_seed = <[u8; 32]>::try_from(v.as_slice()).ok(),
+                "retired_signing_keys" => {
+                    retired = serde_json::from_slice(&v).map_err(|e| {
+                        anyhow::anyhow!("stored retired signing keys are unreadable: {e}")
+                    })?
+                }
                 "cluster_ca_cert" => ca_cert = Some(v),
                 "cluster_ca_key" => ca_key = Some(v),
                 _ => {}
@@ -298,7 +309,8 @@ impl Controller {
         let controller = Arc::new(Self {
             store,
             state: Mutex::new(state),
-            signer: TokenSigner::from_seed(&signing_seed),
+            signer: RwLock::new(TokenSigner::from_seed(&signing_seed)),
+            retired_keys: Mutex::new(retired),
             links: RwLock::new(HashMap::new()),
             ca,
             started: now,
@@ -321,7 +333,10 @@ impl Controller {
 
     /// The public key workers verify tokens with.
     pub fn verifying_key(&self) -> sluice_proto::token::VerifyingKey {
-        self.signer.verifying_key()
+        self.signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .verifying_key()
     }
 
     /// Registers an in-process worker (dev) whose link is always up.
@@ -693,6 +708,8 @@ impl Controller {
             };
             let token = self
                 .signer
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
                 .sign(&claims)
                 .map_err(|e| ApiError::bad_request(format!("cannot issue a token: {e}")))?;
             st.sessions.insert(session.id.clone(), session.clone());

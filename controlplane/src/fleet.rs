@@ -48,6 +48,10 @@ impl WorkerLink for NetLink {
             expires_at,
         });
     }
+
+    fn set_keys(&self, keys: Vec<Vec<u8>>) {
+        let _ = self.0.send(ToWorker::Keys { keys });
+    }
 }
 
 /// What a worker gets when its link comes up.
@@ -83,9 +87,73 @@ impl Controller {
         Ok((vec![cert, self.ca.cert().to_vec()], key))
     }
 
-    /// The keys workers verify tokens with.
+    /// The keys workers verify tokens with: the current signing key and rotated-out keys whose
+    /// tokens may not have expired yet.
     pub fn verifying_keys(&self) -> Vec<Vec<u8>> {
-        vec![self.verifying_key().to_bytes().to_vec()]
+        let now = Timestamp::now().as_second();
+        let mut keys = vec![self.verifying_key().to_bytes().to_vec()];
+        for (k, until) in self
+            .retired_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if *until > now {
+                keys.push(k.to_vec());
+            }
+        }
+        keys
+    }
+
+    /// Replaces the token-signing key (admin only). Tokens signed with the old key stay valid
+    /// until the last of them expires; every worker gets the new key set at once.
+    pub async fn rotate_keys(&self, p: &Principal) -> Result<(), ApiError> {
+        require_admin(p)?;
+        let now = Timestamp::now();
+        let seed: [u8; 32] = rand::random();
+        let new = sluice_proto::TokenSigner::from_seed(&seed);
+        let done = {
+            // Hold the signer while the last valid time is computed, so no token is issued
+            // with the old key after it.
+            let mut signer = self.signer.write().unwrap_or_else(|p| p.into_inner());
+            let st = self.state();
+            let until = st
+                .sessions
+                .values()
+                .filter(|s| s.status() != SessionStatus::Terminated)
+                .map(|s| s.expiration_time.as_second())
+                .max()
+                .unwrap_or(0)
+                .max(now.as_second());
+            drop(st);
+            let mut retired = self.retired_keys.lock().unwrap_or_else(|p| p.into_inner());
+            retired.retain(|(_, u)| *u > now.as_second());
+            retired.push((signer.verifying_key().to_bytes(), until));
+            let writes = vec![
+                Write::Put(Table::Meta, "token_signing_key".into(), seed.to_vec()),
+                Write::Put(
+                    Table::Meta,
+                    "retired_signing_keys".into(),
+                    serde_json::to_vec(&*retired).unwrap_or_default(),
+                ),
+            ];
+            *signer = new;
+            self.persist(writes)
+        };
+        done.await?;
+        let keys = self.verifying_keys();
+        for l in self
+            .links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if l.connected {
+                l.info.link.set_keys(keys.clone());
+            }
+        }
+        info!(keys = keys.len(), "token-signing key rotated");
+        Ok(())
     }
 
     /// Picks a live worker allowed by the target's filter, at random.

@@ -322,6 +322,11 @@ pub async fn run_link(
 }
 
 fn apply_keys(worker: &WorkerHandle, keys: &[Vec<u8>]) {
+    worker.set_keys(key_set(keys));
+}
+
+/// A key set from the controller's list of Ed25519 public keys; unusable entries are skipped.
+pub fn key_set(keys: &[Vec<u8>]) -> KeySet {
     let mut set = KeySet::default();
     for k in keys {
         match <[u8; 32]>::try_from(k.as_slice())
@@ -332,5 +337,5 @@ fn apply_keys(worker: &WorkerHandle, keys: &[Vec<u8>]) {
             None => warn!("the controller sent an unusable token key; ignored"),
         }
     }
-    worker.set_keys(set);
+    set
 }

@@ -331,3 +331,56 @@ fn activation_tokens_work_once_and_deleted_workers_are_shut_out() {
     );
     restarted.stop();
 }
+
+fn ssh_echo(sshd: &Sshd, port: u16, word: &str) {
+    let out = sshd.ssh(port, &format!("echo {word}")).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), word, "{}", text(&out.stderr));
+}
+
+#[test]
+fn rotating_keys_keeps_live_sessions_and_issued_tokens_working() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let mut dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 3; echo finished"));
+    wait_for("ssh to start", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    // Issued under the old key, not used yet.
+    let out = dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        TARGET,
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let old_token = v["item"]["authorization_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = dev.ok(&["scopes", "rotate-keys", "-scope-id", "global"]);
+    assert!(out.contains("rotation completed"), "{out}");
+
+    assert!(live.wait(Duration::from_secs(20)).success());
+    assert!(live.stdout().contains("finished"));
+    ssh_echo(&sshd, conn.port, "old-session-new-connection");
+    let old = Connect::start(&dev, &["connect", "-authz-token", &old_token]);
+    ssh_echo(&sshd, old.port, "old-token");
+    let new = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    ssh_echo(&sshd, new.port, "new-key");
+
+    // The keys survive a controller restart: the worker relinks and both tokens still work.
+    let _ = dev.proc.child.kill();
+    let _ = dev.proc.child.wait();
+    dev.restart_server(&setup);
+    worker.wait_linked_times(2);
+    let after = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    ssh_echo(&sshd, after.port, "after-restart");
+    ssh_echo(&sshd, old.port, "old-token-after-restart");
+}

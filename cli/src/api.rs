@@ -7,7 +7,8 @@ use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 
 use crate::args::{
-    Common, CreateWorker, Format, PasswordArgs, Sessions, Targets, UpdateTarget, Workers,
+    Common, CreateTarget, CreateWorker, Format, PasswordArgs, Sessions, Targets, UpdateTarget,
+    Workers,
 };
 use crate::output;
 
@@ -242,6 +243,46 @@ pub async fn targets(common: &Common, t: Targets) -> anyhow::Result<ExitCode> {
                 Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
             }
         }
+        Targets::Create(CreateTarget::Tcp(c)) => {
+            let mut attributes = serde_json::Map::new();
+            if let Some(p) = c.default_port {
+                attributes.insert("default_port".into(), json!(p));
+            }
+            if let Some(p) = c.default_client_port {
+                attributes.insert("default_client_port".into(), json!(p));
+            }
+            let mut body = json!({"scope_id": c.scope_id, "type": "tcp", "name": c.name,
+                                  "description": c.description, "attributes": attributes});
+            if let Some(a) = c.address {
+                body["address"] = json!(a);
+            }
+            if let Some(v) = c.session_max_seconds {
+                body["session_max_seconds"] = json!(v);
+            }
+            if let Some(v) = c.session_connection_limit {
+                body["session_connection_limit"] = json!(v);
+            }
+            if let Some(v) = c.egress_worker_filter {
+                body["egress_worker_filter"] = json!(v);
+            }
+            let v = api
+                .call(reqwest::Method::POST, "/v1/targets", Some(body))
+                .await?;
+            match common.format {
+                Format::Json => print_json(&v),
+                Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
+            }
+        }
+        Targets::Delete { id } => {
+            api.call(reqwest::Method::DELETE, &format!("/v1/targets/{id}"), None)
+                .await?;
+            crate::resources::deleted(common);
+        }
+        Targets::AddHostSources(a) => host_sources(&api, common, "add-host-sources", a).await?,
+        Targets::RemoveHostSources(a) => {
+            host_sources(&api, common, "remove-host-sources", a).await?
+        }
+        Targets::SetHostSources(a) => host_sources(&api, common, "set-host-sources", a).await?,
         Targets::Read { id } => {
             let v = api
                 .call(reqwest::Method::GET, &format!("/v1/targets/{id}"), None)
@@ -370,4 +411,27 @@ pub async fn rotate_keys(common: &Common, scope_id: &str) -> anyhow::Result<Exit
         Format::Table => println!("The key rotation completed successfully."),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn host_sources(
+    api: &Api,
+    common: &Common,
+    action: &str,
+    a: crate::args::HostSourcesArgs,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/targets/{}", a.id);
+    let version = crate::resources::version_of(api, &path, a.version).await?;
+    let body = json!({"version": version, "host_source_ids": a.host_source});
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{path}:{action}"),
+            Some(body),
+        )
+        .await?;
+    match common.format {
+        Format::Json => print_json(&v),
+        Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
+    }
+    Ok(())
 }

@@ -94,6 +94,17 @@ pub enum Command {
     /// Scopes
     #[command(subcommand)]
     Scopes(Scopes),
+    /// Static host catalogs
+    #[command(subcommand)]
+    HostCatalogs(HostCatalogs),
+    /// Static hosts
+    #[command(subcommand)]
+    Hosts(Hosts),
+    /// Static host sets
+    #[command(subcommand)]
+    HostSets(HostSets),
+    /// Revoke the stored auth token and forget it
+    Logout,
     /// Authenticate and store an auth token
     #[command(subcommand)]
     Authenticate(Authenticate),
@@ -268,6 +279,173 @@ pub enum Targets {
     /// Change a target
     #[command(subcommand)]
     Update(UpdateTarget),
+    /// Create a target
+    #[command(subcommand)]
+    Create(CreateTarget),
+    /// Delete a target; its sessions are canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// Add host sets as sources of a target
+    AddHostSources(HostSourcesArgs),
+    /// Remove host sets from the sources of a target
+    RemoveHostSources(HostSourcesArgs),
+    /// Replace the host sources of a target
+    SetHostSources(HostSourcesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostSourcesArgs {
+    #[arg(long)]
+    pub id: String,
+    /// A host set id (repeat for more)
+    #[arg(long)]
+    pub host_source: Vec<String>,
+    /// The version being changed (default: the current one, read first)
+    #[arg(long)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateTarget {
+    /// Create a tcp target
+    Tcp(CreateTcp),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTcp {
+    #[arg(long)]
+    pub scope_id: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[arg(long)]
+    pub default_port: Option<u16>,
+    #[arg(long)]
+    pub default_client_port: Option<u16>,
+    /// A direct address instead of host sources (no port)
+    #[arg(long)]
+    pub address: Option<String>,
+    #[arg(long)]
+    pub session_max_seconds: Option<u32>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub session_connection_limit: Option<i32>,
+    #[arg(long, visible_alias = "worker-filter")]
+    pub egress_worker_filter: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCatalogs {
+    /// Create a host catalog
+    #[command(subcommand)]
+    Create(CreateStaticCatalog),
+    List {
+        #[arg(long)]
+        scope_id: String,
+    },
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a host catalog with its hosts and host sets
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateStaticCatalog {
+    Static {
+        #[arg(long)]
+        scope_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Hosts {
+    /// Create a host
+    #[command(subcommand)]
+    Create(CreateStaticHost),
+    List {
+        #[arg(long)]
+        host_catalog_id: String,
+    },
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a host; its sessions are canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateStaticHost {
+    Static {
+        #[arg(long)]
+        host_catalog_id: String,
+        /// Host name or IP address, without a port
+        #[arg(long)]
+        address: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostSets {
+    /// Create a host set
+    #[command(subcommand)]
+    Create(CreateStaticSet),
+    List {
+        #[arg(long)]
+        host_catalog_id: String,
+    },
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    AddHosts(SetHostsArgs),
+    RemoveHosts(SetHostsArgs),
+    SetHosts(SetHostsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateStaticSet {
+    Static {
+        #[arg(long)]
+        host_catalog_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SetHostsArgs {
+    #[arg(long)]
+    pub id: String,
+    /// A host id (repeat for more)
+    #[arg(long)]
+    pub host: Vec<String>,
+    #[arg(long)]
+    pub version: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,6 +578,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => crate::server::run(a).await,
         Command::Worker(a) => crate::worker::run(a).await,
         Command::Workers(w) => crate::api::workers(&common, w).await,
+        Command::HostCatalogs(c) => crate::resources::host_catalogs(&common, c).await,
+        Command::Hosts(h) => crate::resources::hosts(&common, h).await,
+        Command::HostSets(h) => crate::resources::host_sets(&common, h).await,
+        Command::Logout => crate::resources::logout(&common).await,
         Command::Scopes(crate::args::Scopes::RotateKeys { scope_id }) => {
             crate::api::rotate_keys(&common, &scope_id).await
         }

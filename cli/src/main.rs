@@ -11,6 +11,7 @@ mod args;
 mod connect;
 mod dev;
 mod output;
+mod resources;
 mod secrets;
 mod server;
 mod worker;

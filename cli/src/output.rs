@@ -195,6 +195,33 @@ pub fn target(it: &Value) -> String {
     block(4, 28, &rows)
 }
 
+/// A host catalog, host or host set (`read`, and one block of `list`).
+pub fn resource(it: &Value) -> String {
+    let mut rows = vec![("ID", s(&it["id"]))];
+    for (label, key) in [
+        ("Name", "name"),
+        ("Description", "description"),
+        ("Type", "type"),
+        ("Scope ID", "scope_id"),
+        ("Host Catalog ID", "host_catalog_id"),
+        ("Version", "version"),
+    ] {
+        if !it[key].is_null() {
+            rows.push((label, s(&it[key])));
+        }
+    }
+    if let Some(a) = it["attributes"]["address"].as_str() {
+        rows.push(("Address", a.to_owned()));
+    }
+    if let Some(h) = it["host_ids"].as_array() {
+        let ids: Vec<String> = h.iter().map(s).collect();
+        rows.push(("Host IDs", ids.join(", ")));
+    }
+    rows.push(("Created Time", rfc1123(&it["created_time"])));
+    rows.push(("Updated Time", rfc1123(&it["updated_time"])));
+    block(4, 20, &rows)
+}
+
 /// `workers read`, and one block of `workers list`.
 pub fn worker(it: &Value) -> String {
     let tags = it["config_tags"]

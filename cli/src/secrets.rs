@@ -60,3 +60,14 @@ pub fn token(flag: Option<&str>) -> anyhow::Result<String> {
         Err(e) => Err(e).with_context(|| format!("while reading the stored token {}", path.display())),
     }
 }
+
+/// Removes the stored auth token, if any.
+pub fn forget_token() -> anyhow::Result<()> {
+    let path = token_path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("while removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::fleet::WorkerView;
+use crate::model::{Host, HostCatalog, HostSet};
+use crate::resources::{ListChange, TargetCreate};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,10 +76,34 @@ type Ctl = Arc<Controller>;
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/v1/auth-methods/{id_action}", post(auth_method_action))
-        .route("/v1/targets", get(list_targets))
+        .route("/v1/targets", get(list_targets).post(create_target))
         .route(
             "/v1/targets/{id}",
-            get(read_target).post(target_action).patch(update_target),
+            get(read_target)
+                .post(target_action)
+                .patch(update_target)
+                .delete(delete_target),
+        )
+        .route(
+            "/v1/host-catalogs",
+            get(list_host_catalogs).post(create_host_catalog),
+        )
+        .route(
+            "/v1/host-catalogs/{id}",
+            get(read_host_catalog).delete(delete_host_catalog),
+        )
+        .route("/v1/hosts", get(list_hosts).post(create_host))
+        .route("/v1/hosts/{id}", get(read_host).delete(delete_host))
+        .route("/v1/host-sets", get(list_host_sets).post(create_host_set))
+        .route(
+            "/v1/host-sets/{id}",
+            get(read_host_set)
+                .post(host_set_action)
+                .delete(delete_host_set),
+        )
+        .route(
+            "/v1/auth-tokens/{id}",
+            axum::routing::delete(delete_auth_token),
         )
         .route("/v1/workers:create:controller-led", post(create_worker))
         .route("/v1/workers", get(list_workers))
@@ -407,10 +433,23 @@ async fn target_action(
     body: String,
 ) -> Result<Json<Value>, ApiError> {
     let (id, action) = split_action(&id_action);
-    if action != Some("authorize-session") {
-        return Err(ApiError::not_found(format!("no action {id_action}")));
-    }
+    let change = match action {
+        Some("add-host-sources") => Some(ListChange::Add),
+        Some("remove-host-sources") => Some(ListChange::Remove),
+        Some("set-host-sources") => Some(ListChange::Set),
+        Some("authorize-session") => None,
+        _ => return Err(ApiError::not_found(format!("no action {id_action}"))),
+    };
     let p = principal(&c, &headers)?;
+    if let Some(change) = change {
+        let b: ListBody = parse_body(&body)?;
+        let t = c
+            .change_host_sources(&p, id, b.version, change, b.host_source_ids)
+            .await?;
+        return Ok(Json(
+            json!({"status_code": 200, "item": target_json(&c, &t)}),
+        ));
+    }
     let body: AuthorizeBody = parse_body(&body)?;
     let host_id = body.host_id.filter(|h| !h.is_empty());
     let a = c.authorize_session(&p, id, host_id.as_deref()).await?;
@@ -547,4 +586,283 @@ async fn session_action(
     let body: CancelBody = parse_body(&body)?;
     let s = c.cancel_session(&p, id, body.version).await?;
     Ok(Json(json!({"status_code": 200, "item": session_json(&c, &s)})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListBody {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    host_source_ids: Vec<String>,
+    #[serde(default)]
+    host_ids: Vec<String>,
+}
+
+async fn create_target(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: TargetCreate = parse_body(&body)?;
+    let t = c.create_target(&p, b).await?;
+    Ok(Json(
+        json!({"status_code": 200, "item": target_json(&c, &t)}),
+    ))
+}
+
+async fn delete_target(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_target(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CatalogQuery {
+    #[serde(default)]
+    scope_id: Option<String>,
+    #[serde(default)]
+    host_catalog_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    #[serde(default)]
+    scope_id: String,
+    #[serde(default)]
+    host_catalog_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    attributes: CreateAttributes,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateAttributes {
+    #[serde(default)]
+    address: String,
+}
+
+fn static_only(kind: &Option<String>) -> Result<(), ApiError> {
+    match kind.as_deref() {
+        None | Some("static") => Ok(()),
+        Some(k) => Err(ApiError::bad_request(format!(
+            "type {k:?} is not supported; only static host catalogs, hosts and host sets exist"
+        ))),
+    }
+}
+
+fn catalog_json(h: &HostCatalog) -> Value {
+    json!({"id": h.id, "scope_id": h.scope_id, "type": "static", "name": h.name,
+           "description": h.description, "version": h.version,
+           "created_time": h.created_time, "updated_time": h.updated_time})
+}
+
+fn host_json(h: &Host) -> Value {
+    json!({"id": h.id, "host_catalog_id": h.catalog_id, "type": "static", "name": h.name,
+           "description": h.description, "version": h.version,
+           "created_time": h.created_time, "updated_time": h.updated_time,
+           "attributes": {"address": h.address}})
+}
+
+fn host_set_json(h: &HostSet) -> Value {
+    json!({"id": h.id, "host_catalog_id": h.catalog_id, "type": "static", "name": h.name,
+           "description": h.description, "version": h.version,
+           "created_time": h.created_time, "updated_time": h.updated_time,
+           "host_ids": h.host_ids})
+}
+
+fn item(v: Value) -> Json<Value> {
+    Json(json!({"status_code": 200, "item": v}))
+}
+
+async fn create_host_catalog(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: CreateBody = parse_body(&body)?;
+    static_only(&b.kind)?;
+    let h = c
+        .create_host_catalog(&p, &b.scope_id, &b.name, &b.description)
+        .await?;
+    Ok(item(catalog_json(&h)))
+}
+
+async fn list_host_catalogs(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<CatalogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    let scope = q
+        .scope_id
+        .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
+    let items: Vec<Value> = c
+        .list_host_catalogs(&scope)
+        .iter()
+        .map(catalog_json)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_host_catalog(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    Ok(item(catalog_json(&c.read_host_catalog(&id)?)))
+}
+
+async fn delete_host_catalog(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_host_catalog(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_host(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: CreateBody = parse_body(&body)?;
+    static_only(&b.kind)?;
+    let h = c
+        .create_host(
+            &p,
+            &b.host_catalog_id,
+            &b.attributes.address,
+            &b.name,
+            &b.description,
+        )
+        .await?;
+    Ok(item(host_json(&h)))
+}
+
+async fn list_hosts(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<CatalogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    let cat = q
+        .host_catalog_id
+        .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
+    let items: Vec<Value> = c.list_hosts(&cat).iter().map(host_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_host(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    Ok(item(host_json(&c.read_host(&id)?)))
+}
+
+async fn delete_host(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_host(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_host_set(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: CreateBody = parse_body(&body)?;
+    static_only(&b.kind)?;
+    let h = c
+        .create_host_set(&p, &b.host_catalog_id, &b.name, &b.description)
+        .await?;
+    Ok(item(host_set_json(&h)))
+}
+
+async fn list_host_sets(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<CatalogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    let cat = q
+        .host_catalog_id
+        .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
+    let items: Vec<Value> = c.list_host_sets(&cat).iter().map(host_set_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_host_set(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    Ok(item(host_set_json(&c.read_host_set(&id)?)))
+}
+
+async fn host_set_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    let change = match action {
+        Some("add-hosts") => ListChange::Add,
+        Some("remove-hosts") => ListChange::Remove,
+        Some("set-hosts") => ListChange::Set,
+        _ => return Err(ApiError::not_found(format!("no action {id_action}"))),
+    };
+    let p = principal(&c, &headers)?;
+    let b: ListBody = parse_body(&body)?;
+    let h = c
+        .change_set_hosts(&p, id, b.version, change, b.host_ids)
+        .await?;
+    Ok(item(host_set_json(&h)))
+}
+
+async fn delete_host_set(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_host_set(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_auth_token(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_auth_token(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -507,7 +507,6 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))
     }
 
-    /// A scope by id.
     /// Updates a target's settings (admin only). A stale `version` is refused (409).
     pub async fn update_target(
         &self,
@@ -599,6 +598,7 @@ impl Controller {
         Ok(t)
     }
 
+    /// A scope by id.
     pub fn scope(&self, id: &str) -> Option<Scope> {
         self.state().scopes.get(id).cloned()
     }
@@ -1021,16 +1021,30 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         id: HOST_CATALOG.into(),
         scope_id: PROJECT.into(),
         name: "Generated host catalog".into(),
+        description: "Provides an initial host catalog in Sluice".into(),
+        version: 1,
+        created_time: now,
+        updated_time: now,
     };
     let host = Host {
         id: HOST.into(),
         catalog_id: HOST_CATALOG.into(),
         address: seed.host_address.clone(),
+        name: "Generated host".into(),
+        description: "Provides an initial host in Sluice".into(),
+        version: 1,
+        created_time: now,
+        updated_time: now,
     };
     let set = HostSet {
         id: HOST_SET.into(),
         catalog_id: HOST_CATALOG.into(),
         host_ids: vec![HOST.into()],
+        name: "Generated host set".into(),
+        description: "Provides an initial host set in Sluice".into(),
+        version: 1,
+        created_time: now,
+        updated_time: now,
     };
     put(&catalog.id, enc(&catalog));
     put(&host.id, enc(&host));

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod ids;
 pub mod model;
 pub mod pki;
+pub mod resources;
 pub mod sessions;
 pub mod store;
 

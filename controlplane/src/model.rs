@@ -55,6 +55,24 @@ pub struct Host {
     pub id: String,
     pub catalog_id: String,
     pub address: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default = "epoch")]
+    pub created_time: Timestamp,
+    #[serde(default = "epoch")]
+    pub updated_time: Timestamp,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn epoch() -> Timestamp {
+    Timestamp::UNIX_EPOCH
 }
 
 /// A static host set.
@@ -63,6 +81,16 @@ pub struct HostSet {
     pub id: String,
     pub catalog_id: String,
     pub host_ids: Vec<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default = "epoch")]
+    pub created_time: Timestamp,
+    #[serde(default = "epoch")]
+    pub updated_time: Timestamp,
 }
 
 /// A static host catalog.
@@ -71,6 +99,14 @@ pub struct HostCatalog {
     pub id: String,
     pub scope_id: String,
     pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default = "epoch")]
+    pub created_time: Timestamp,
+    #[serde(default = "epoch")]
+    pub updated_time: Timestamp,
 }
 
 /// A TCP target: a direct address or host sources, never both.

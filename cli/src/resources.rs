@@ -1,0 +1,214 @@
+//! Commands for host catalogs, hosts, host sets and logout.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::args::{
+    Common, CreateStaticCatalog, CreateStaticHost, CreateStaticSet, Format, HostCatalogs, HostSets,
+    Hosts, SetHostsArgs,
+};
+use crate::output;
+
+/// Prints one item (table or JSON).
+pub fn show(common: &Common, title: &str, v: &Value) {
+    match common.format {
+        Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Format::Table => print!("\n{title} information:\n{}", output::resource(&v["item"])),
+    }
+}
+
+/// Prints a list (table or JSON).
+pub fn show_list(common: &Common, title: &str, none: &str, v: &Value) {
+    match common.format {
+        Format::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Format::Table => {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("{none}");
+                return;
+            }
+            println!("\n{title} information:");
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", output::resource(it));
+            }
+        }
+    }
+}
+
+pub fn deleted(common: &Common) {
+    match common.format {
+        Format::Json => println!("{}", json!({"status_code": 204})),
+        Format::Table => println!("The delete operation completed successfully."),
+    }
+}
+
+/// The version to change: the one given, or the current one read first.
+pub async fn version_of(api: &Api, path: &str, given: Option<u32>) -> anyhow::Result<u32> {
+    if let Some(v) = given {
+        return Ok(v);
+    }
+    let cur = api.call(Method::GET, path, None).await?;
+    cur["item"]["version"]
+        .as_u64()
+        .map(|v| v as u32)
+        .ok_or_else(|| anyhow!("{path} has no version"))
+}
+
+pub async fn host_catalogs(common: &Common, c: HostCatalogs) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match c {
+        HostCatalogs::Create(CreateStaticCatalog::Static {
+            scope_id,
+            name,
+            description,
+        }) => {
+            let body = json!({"scope_id": scope_id, "type": "static", "name": name, "description": description});
+            let v = api
+                .call(Method::POST, "/v1/host-catalogs", Some(body))
+                .await?;
+            show(common, "Host catalog", &v);
+        }
+        HostCatalogs::List { scope_id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/host-catalogs?scope_id={scope_id}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Host catalog", "No host catalogs found", &v);
+        }
+        HostCatalogs::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/host-catalogs/{id}"), None)
+                .await?;
+            show(common, "Host catalog", &v);
+        }
+        HostCatalogs::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/host-catalogs/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn hosts(common: &Common, h: Hosts) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match h {
+        Hosts::Create(CreateStaticHost::Static {
+            host_catalog_id,
+            address,
+            name,
+            description,
+        }) => {
+            let body = json!({"host_catalog_id": host_catalog_id, "type": "static", "name": name,
+                              "description": description, "attributes": {"address": address}});
+            let v = api.call(Method::POST, "/v1/hosts", Some(body)).await?;
+            show(common, "Host", &v);
+        }
+        Hosts::List { host_catalog_id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/hosts?host_catalog_id={host_catalog_id}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Host", "No hosts found", &v);
+        }
+        Hosts::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/hosts/{id}"), None)
+                .await?;
+            show(common, "Host", &v);
+        }
+        Hosts::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/hosts/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change_hosts(
+    api: &Api,
+    common: &Common,
+    action: &str,
+    a: SetHostsArgs,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/host-sets/{}", a.id);
+    let version = version_of(api, &path, a.version).await?;
+    let body = json!({"version": version, "host_ids": a.host});
+    let v = api
+        .call(Method::POST, &format!("{path}:{action}"), Some(body))
+        .await?;
+    show(common, "Host set", &v);
+    Ok(())
+}
+
+pub async fn host_sets(common: &Common, h: HostSets) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match h {
+        HostSets::Create(CreateStaticSet::Static {
+            host_catalog_id,
+            name,
+            description,
+        }) => {
+            let body = json!({"host_catalog_id": host_catalog_id, "type": "static", "name": name, "description": description});
+            let v = api.call(Method::POST, "/v1/host-sets", Some(body)).await?;
+            show(common, "Host set", &v);
+        }
+        HostSets::List { host_catalog_id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/host-sets?host_catalog_id={host_catalog_id}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Host set", "No host sets found", &v);
+        }
+        HostSets::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/host-sets/{id}"), None)
+                .await?;
+            show(common, "Host set", &v);
+        }
+        HostSets::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/host-sets/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+        HostSets::AddHosts(a) => change_hosts(&api, common, "add-hosts", a).await?,
+        HostSets::RemoveHosts(a) => change_hosts(&api, common, "remove-hosts", a).await?,
+        HostSets::SetHosts(a) => change_hosts(&api, common, "set-hosts", a).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Revokes the stored (or given) auth token at the controller, then forgets it locally.
+pub async fn logout(common: &Common) -> anyhow::Result<ExitCode> {
+    let token = crate::secrets::token(common.token.as_deref())?;
+    let id = token
+        .get(..13)
+        .filter(|id| id.starts_with("at_"))
+        .ok_or_else(|| anyhow!("the stored auth token is malformed; authenticate again"))?
+        .to_owned();
+    let api = Api::new(common, Some(token))?;
+    api.call(Method::DELETE, &format!("/v1/auth-tokens/{id}"), None)
+        .await?;
+    if common.token.is_none() {
+        crate::secrets::forget_token()?;
+    }
+    println!("The auth token {id} was revoked.");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,628 @@
+//! Creating, changing and deleting Boundary's resources around sessions: targets, static host
+//! catalogs, hosts and host sets, and auth tokens (logout). Deleting something a session
+//! depends on cancels that session, as Boundary does.
+
+use jiff::Timestamp;
+use tracing::info;
+
+use crate::api::ApiError;
+use crate::controller::{enc, Controller, Principal, State};
+use crate::ids::new_id;
+use crate::model::{Host, HostCatalog, HostSet, Session, SessionStatus, Target};
+use crate::sessions;
+use crate::store::{Table, Write};
+
+/// A new tcp target.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetCreate {
+    pub scope_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub session_max_seconds: Option<u32>,
+    #[serde(default)]
+    pub session_connection_limit: Option<i32>,
+    #[serde(default)]
+    pub egress_worker_filter: Option<String>,
+    #[serde(default)]
+    pub attributes: crate::api::TargetAttributes,
+}
+
+/// How a list of ids changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListChange {
+    Add,
+    Remove,
+    Set,
+}
+
+fn require_admin(p: &Principal, what: &str) -> Result<(), ApiError> {
+    if p.user.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "only an administrator may {what}"
+        )))
+    }
+}
+
+fn check_version(id: &str, current: u32, given: Option<u32>) -> Result<(), ApiError> {
+    match given {
+        None => Err(ApiError::bad_request(format!(
+            "version is required; read {id} and pass its version (now {current})"
+        ))),
+        Some(v) if v != current => Err(ApiError::conflict(format!(
+            "{id} is at version {current}, not {v}; read it again and retry"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A host address: a name or IP, never with a port (the target supplies the port).
+fn check_address(a: &str) -> Result<(), ApiError> {
+    let a = a.trim();
+    if a.is_empty() || a.len() > 255 {
+        return Err(ApiError::bad_request("an address must be 1–255 characters"));
+    }
+    if a.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if a.contains(':') || a.contains('/') || a.chars().any(char::is_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "address {a:?} must be a host name or IP address without a port; the target's default port is used"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > 128 {
+        return Err(ApiError::bad_request("a name is at most 128 characters"));
+    }
+    Ok(())
+}
+
+/// Cancels every session `pick` selects that is still pending or active. Returns the writes
+/// and the cancels to push `(worker id, session id, expiry)`.
+pub(crate) fn cancel_where(
+    st: &mut State,
+    now: Timestamp,
+    pick: impl Fn(&Session) -> bool,
+) -> (Vec<Write>, Vec<(String, String, u64)>) {
+    let mut writes = Vec::new();
+    let mut pushes = Vec::new();
+    for s in st.sessions.values_mut().filter(|s| pick(s)) {
+        if matches!(s.status(), SessionStatus::Pending | SessionStatus::Active)
+            && sessions::transition(s, SessionStatus::Canceling, None, now).is_ok()
+        {
+            writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
+            pushes.push((
+                s.worker_id.clone(),
+                s.id.clone(),
+                s.expiration_time.as_second() as u64,
+            ));
+        }
+    }
+    (writes, pushes)
+}
+
+impl Controller {
+    /// Tells workers about cancels made while deleting something.
+    pub(crate) fn push_cancels(&self, pushes: Vec<(String, String, u64)>) {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        for (worker, session, expires) in pushes {
+            if let Some(l) = links.get(&worker).filter(|l| l.connected) {
+                l.info.link.cancel_session(&session, expires);
+            }
+        }
+    }
+
+    /// Creates a tcp target (admin only).
+    pub async fn create_target(&self, p: &Principal, c: TargetCreate) -> Result<Target, ApiError> {
+        require_admin(p, "create targets")?;
+        if c.kind.as_deref().is_some_and(|k| k != "tcp") {
+            return Err(ApiError::bad_request("only tcp targets exist"));
+        }
+        check_name(&c.name)?;
+        if c.name.is_empty() {
+            return Err(ApiError::bad_request("a target needs a name (-name)"));
+        }
+        let port = c.attributes.default_port.ok_or_else(|| {
+            ApiError::bad_request("a tcp target needs a default port (-default-port)")
+        })?;
+        if port == 0 {
+            return Err(ApiError::bad_request("default_port must be 1–65535"));
+        }
+        if let Some(a) = &c.address {
+            check_address(a)?;
+        }
+        if let Some(f) = &c.egress_worker_filter {
+            crate::filter::Filter::parse(f).map_err(|e| {
+                ApiError::bad_request(format!("egress_worker_filter is invalid: {e}"))
+            })?;
+        }
+        let limit = c.session_connection_limit.unwrap_or(-1);
+        if limit < -1 || limit == 0 {
+            return Err(ApiError::bad_request(
+                "session_connection_limit must be -1 (unlimited) or at least 1",
+            ));
+        }
+        let max = c.session_max_seconds.unwrap_or(28_800);
+        if max == 0 {
+            return Err(ApiError::bad_request(
+                "session_max_seconds must be at least 1",
+            ));
+        }
+        let now = Timestamp::now();
+        let (t, done) = {
+            let mut st = self.state();
+            match st.scopes.get(&c.scope_id) {
+                Some(s) if s.kind == "project" => {}
+                Some(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "targets live in a project scope; {} is not one",
+                        c.scope_id
+                    )))
+                }
+                None => {
+                    return Err(ApiError::not_found(format!(
+                        "scope {} not found",
+                        c.scope_id
+                    )))
+                }
+            }
+            if st
+                .targets
+                .values()
+                .any(|t| t.scope_id == c.scope_id && t.name == c.name)
+            {
+                return Err(ApiError::conflict(format!(
+                    "a target named {:?} already exists in {}",
+                    c.name, c.scope_id
+                )));
+            }
+            let t = Target {
+                id: new_id("ttcp"),
+                scope_id: c.scope_id,
+                name: c.name,
+                description: c.description,
+                address: c.address.map(|a| a.trim().to_owned()),
+                host_source_ids: vec![],
+                default_port: port,
+                default_client_port: c.attributes.default_client_port.unwrap_or(0),
+                session_max_seconds: max,
+                session_connection_limit: limit,
+                egress_worker_filter: c.egress_worker_filter.filter(|f| !f.is_empty()),
+                version: 1,
+                created_time: now,
+                updated_time: now,
+            };
+            st.targets.insert(t.id.clone(), t.clone());
+            let done = self.persist(vec![Write::Put(Table::Resources, t.id.clone(), enc(&t))]);
+            (t, done)
+        };
+        done.await?;
+        info!(target_id = %t.id, "target created");
+        Ok(t)
+    }
+
+    /// Deletes a target and cancels its sessions (admin only).
+    pub async fn delete_target(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        require_admin(p, "delete targets")?;
+        let now = Timestamp::now();
+        let (done, pushes) = {
+            let mut st = self.state();
+            if st.targets.remove(id).is_none() {
+                return Err(ApiError::not_found(format!("target {id} not found")));
+            }
+            let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.target_id == id);
+            writes.push(Write::Delete(Table::Resources, id.to_owned()));
+            (self.persist(writes), pushes)
+        };
+        done.await?;
+        self.push_cancels(pushes);
+        info!(target_id = %id, "target deleted");
+        Ok(())
+    }
+
+    /// Adds, removes or replaces a target's host sources (host set ids).
+    pub async fn change_host_sources(
+        &self,
+        p: &Principal,
+        id: &str,
+        version: Option<u32>,
+        change: ListChange,
+        ids: Vec<String>,
+    ) -> Result<Target, ApiError> {
+        require_admin(p, "change targets")?;
+        let (t, done) = {
+            let mut st = self.state();
+            for hs in &ids {
+                if !st.host_sets.contains_key(hs) {
+                    return Err(ApiError::not_found(format!("host set {hs} not found")));
+                }
+            }
+            let t = st
+                .targets
+                .get_mut(id)
+                .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+            check_version(id, t.version, version)?;
+            let mut n = t.clone();
+            apply_change(&mut n.host_source_ids, change, ids);
+            if n.address.is_some() && !n.host_source_ids.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "target {id} has a direct address; a target takes an address or host sources, never both"
+                )));
+            }
+            n.version += 1;
+            n.updated_time = Timestamp::now();
+            *t = n.clone();
+            let done = self.persist(vec![Write::Put(Table::Resources, n.id.clone(), enc(&n))]);
+            (n, done)
+        };
+        done.await?;
+        Ok(t)
+    }
+
+    /// Creates a static host catalog in a project.
+    pub async fn create_host_catalog(
+        &self,
+        p: &Principal,
+        scope_id: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<HostCatalog, ApiError> {
+        require_admin(p, "create host catalogs")?;
+        check_name(name)?;
+        let now = Timestamp::now();
+        let (c, done) = {
+            let mut st = self.state();
+            if st.scopes.get(scope_id).is_none_or(|s| s.kind != "project") {
+                return Err(ApiError::not_found(format!(
+                    "project scope {scope_id} not found"
+                )));
+            }
+            let c = HostCatalog {
+                id: new_id("hcst"),
+                scope_id: scope_id.into(),
+                name: name.into(),
+                description: description.into(),
+                version: 1,
+                created_time: now,
+                updated_time: now,
+            };
+            st.catalogs.insert(c.id.clone(), c.clone());
+            (
+                c.clone(),
+                self.persist(vec![Write::Put(Table::Resources, c.id.clone(), enc(&c))]),
+            )
+        };
+        done.await?;
+        Ok(c)
+    }
+
+    /// Host catalogs of a project.
+    pub fn list_host_catalogs(&self, scope_id: &str) -> Vec<HostCatalog> {
+        self.state()
+            .catalogs
+            .values()
+            .filter(|c| c.scope_id == scope_id)
+            .cloned()
+            .collect()
+    }
+
+    /// One host catalog.
+    pub fn read_host_catalog(&self, id: &str) -> Result<HostCatalog, ApiError> {
+        self.state()
+            .catalogs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("host catalog {id} not found")))
+    }
+
+    /// Deletes a host catalog with its hosts and host sets; sessions to its hosts are canceled.
+    pub async fn delete_host_catalog(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        require_admin(p, "delete host catalogs")?;
+        let now = Timestamp::now();
+        let (done, pushes) = {
+            let mut st = self.state();
+            if st.catalogs.remove(id).is_none() {
+                return Err(ApiError::not_found(format!("host catalog {id} not found")));
+            }
+            let hosts: Vec<String> = st
+                .hosts
+                .values()
+                .filter(|h| h.catalog_id == id)
+                .map(|h| h.id.clone())
+                .collect();
+            let sets: Vec<String> = st
+                .host_sets
+                .values()
+                .filter(|h| h.catalog_id == id)
+                .map(|h| h.id.clone())
+                .collect();
+            let (mut writes, pushes) = cancel_where(&mut st, now, |s| hosts.contains(&s.host_id));
+            for h in &hosts {
+                st.hosts.remove(h);
+                writes.push(Write::Delete(Table::Resources, h.clone()));
+            }
+            for hs in &sets {
+                st.host_sets.remove(hs);
+                writes.push(Write::Delete(Table::Resources, hs.clone()));
+            }
+            writes.extend(drop_host_sources(&mut st, &sets, now));
+            writes.push(Write::Delete(Table::Resources, id.to_owned()));
+            (self.persist(writes), pushes)
+        };
+        done.await?;
+        self.push_cancels(pushes);
+        Ok(())
+    }
+
+    /// Creates a static host.
+    pub async fn create_host(
+        &self,
+        p: &Principal,
+        catalog_id: &str,
+        address: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<Host, ApiError> {
+        require_admin(p, "create hosts")?;
+        check_address(address)?;
+        check_name(name)?;
+        let now = Timestamp::now();
+        let (h, done) = {
+            let mut st = self.state();
+            if !st.catalogs.contains_key(catalog_id) {
+                return Err(ApiError::not_found(format!(
+                    "host catalog {catalog_id} not found"
+                )));
+            }
+            let h = Host {
+                id: new_id("hst"),
+                catalog_id: catalog_id.into(),
+                address: address.trim().into(),
+                name: name.into(),
+                description: description.into(),
+                version: 1,
+                created_time: now,
+                updated_time: now,
+            };
+            st.hosts.insert(h.id.clone(), h.clone());
+            (
+                h.clone(),
+                self.persist(vec![Write::Put(Table::Resources, h.id.clone(), enc(&h))]),
+            )
+        };
+        done.await?;
+        Ok(h)
+    }
+
+    /// Hosts of a catalog.
+    pub fn list_hosts(&self, catalog_id: &str) -> Vec<Host> {
+        self.state()
+            .hosts
+            .values()
+            .filter(|h| h.catalog_id == catalog_id)
+            .cloned()
+            .collect()
+    }
+
+    /// One host.
+    pub fn read_host(&self, id: &str) -> Result<Host, ApiError> {
+        self.state()
+            .hosts
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))
+    }
+
+    /// Deletes a host: it leaves its host sets and its sessions are canceled.
+    pub async fn delete_host(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        require_admin(p, "delete hosts")?;
+        let now = Timestamp::now();
+        let (done, pushes) = {
+            let mut st = self.state();
+            if st.hosts.remove(id).is_none() {
+                return Err(ApiError::not_found(format!("host {id} not found")));
+            }
+            let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.host_id == id);
+            for set in st.host_sets.values_mut() {
+                if set.host_ids.iter().any(|h| h == id) {
+                    set.host_ids.retain(|h| h != id);
+                    set.version += 1;
+                    set.updated_time = now;
+                    writes.push(Write::Put(Table::Resources, set.id.clone(), enc(&*set)));
+                }
+            }
+            writes.push(Write::Delete(Table::Resources, id.to_owned()));
+            (self.persist(writes), pushes)
+        };
+        done.await?;
+        self.push_cancels(pushes);
+        Ok(())
+    }
+
+    /// Creates a static host set.
+    pub async fn create_host_set(
+        &self,
+        p: &Principal,
+        catalog_id: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<HostSet, ApiError> {
+        require_admin(p, "create host sets")?;
+        check_name(name)?;
+        let now = Timestamp::now();
+        let (h, done) = {
+            let mut st = self.state();
+            if !st.catalogs.contains_key(catalog_id) {
+                return Err(ApiError::not_found(format!(
+                    "host catalog {catalog_id} not found"
+                )));
+            }
+            let h = HostSet {
+                id: new_id("hsst"),
+                catalog_id: catalog_id.into(),
+                host_ids: vec![],
+                name: name.into(),
+                description: description.into(),
+                version: 1,
+                created_time: now,
+                updated_time: now,
+            };
+            st.host_sets.insert(h.id.clone(), h.clone());
+            (
+                h.clone(),
+                self.persist(vec![Write::Put(Table::Resources, h.id.clone(), enc(&h))]),
+            )
+        };
+        done.await?;
+        Ok(h)
+    }
+
+    /// Host sets of a catalog.
+    pub fn list_host_sets(&self, catalog_id: &str) -> Vec<HostSet> {
+        self.state()
+            .host_sets
+            .values()
+            .filter(|h| h.catalog_id == catalog_id)
+            .cloned()
+            .collect()
+    }
+
+    /// One host set.
+    pub fn read_host_set(&self, id: &str) -> Result<HostSet, ApiError> {
+        self.state()
+            .host_sets
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))
+    }
+
+    /// Adds, removes or replaces the hosts of a host set (hosts of the same catalog).
+    pub async fn change_set_hosts(
+        &self,
+        p: &Principal,
+        id: &str,
+        version: Option<u32>,
+        change: ListChange,
+        ids: Vec<String>,
+    ) -> Result<HostSet, ApiError> {
+        require_admin(p, "change host sets")?;
+        let (h, done) = {
+            let mut st = self.state();
+            let catalog = st
+                .host_sets
+                .get(id)
+                .map(|s| s.catalog_id.clone())
+                .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))?;
+            for h in &ids {
+                match st.hosts.get(h) {
+                    Some(host) if host.catalog_id == catalog => {}
+                    Some(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "host {h} is in another host catalog than host set {id}"
+                        )))
+                    }
+                    None => return Err(ApiError::not_found(format!("host {h} not found"))),
+                }
+            }
+            let set = st.host_sets.get_mut(id).expect("checked above");
+            check_version(id, set.version, version)?;
+            apply_change(&mut set.host_ids, change, ids);
+            set.version += 1;
+            set.updated_time = Timestamp::now();
+            let h = set.clone();
+            (
+                h.clone(),
+                self.persist(vec![Write::Put(Table::Resources, h.id.clone(), enc(&h))]),
+            )
+        };
+        done.await?;
+        Ok(h)
+    }
+
+    /// Deletes a host set: targets drop it as a source.
+    pub async fn delete_host_set(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        require_admin(p, "delete host sets")?;
+        let now = Timestamp::now();
+        let done = {
+            let mut st = self.state();
+            if st.host_sets.remove(id).is_none() {
+                return Err(ApiError::not_found(format!("host set {id} not found")));
+            }
+            let mut writes = drop_host_sources(&mut st, &[id.to_owned()], now);
+            writes.push(Write::Delete(Table::Resources, id.to_owned()));
+            self.persist(writes)
+        };
+        done.await
+    }
+
+    /// Revokes an auth token (logout): yours, or any as an administrator. Its sessions are
+    /// canceled.
+    pub async fn delete_auth_token(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        let now = Timestamp::now();
+        let (done, pushes) = {
+            let mut st = self.state();
+            match st.auth_tokens.get(id) {
+                Some(t) if t.user_id == p.user.id || p.user.admin => {}
+                Some(_) => {
+                    return Err(ApiError::forbidden(format!(
+                        "auth token {id} belongs to another user"
+                    )))
+                }
+                None => return Err(ApiError::not_found(format!("auth token {id} not found"))),
+            }
+            st.auth_tokens.remove(id);
+            let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.auth_token_id == id);
+            writes.push(Write::Delete(Table::AuthTokens, id.to_owned()));
+            (self.persist(writes), pushes)
+        };
+        done.await?;
+        self.push_cancels(pushes);
+        info!(auth_token_id = %id, "auth token revoked");
+        Ok(())
+    }
+}
+
+fn apply_change(list: &mut Vec<String>, change: ListChange, ids: Vec<String>) {
+    match change {
+        ListChange::Add => {
+            for i in ids {
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        ListChange::Remove => list.retain(|x| !ids.contains(x)),
+        ListChange::Set => {
+            list.clear();
+            for i in ids {
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+        }
+    }
+}
+
+fn drop_host_sources(st: &mut State, sets: &[String], now: Timestamp) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for t in st.targets.values_mut() {
+        if t.host_source_ids.iter().any(|h| sets.contains(h)) {
+            t.host_source_ids.retain(|h| !sets.contains(h));
+            t.version += 1;
+            t.updated_time = now;
+            writes.push(Write::Put(Table::Resources, t.id.clone(), enc(&*t)));
+        }
+    }
+    writes
+}

@@ -1,0 +1,281 @@
+//! Boundary's resources around sessions, created and deleted through the CLI: host catalogs,
+//! hosts, host sets, targets, and auth tokens (logout). Deleting what a session depends on
+//! cancels it.
+
+use std::time::Duration;
+
+use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
+
+const PROJECT: &str = "p_1234567890";
+
+fn id_of(out: &str) -> String {
+    Dev::field(out, "ID").unwrap_or_else(|| panic!("no ID in:\n{out}"))
+}
+
+fn fails_with(dev: &Dev, args: &[&str], want: &str) {
+    let out = dev.sluice(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = text(&out.stderr);
+    assert!(err.contains(want), "{args:?}: wanted {want:?} in:\n{err}");
+}
+
+/// A catalog, a host at 127.0.0.1, a set holding it, and a target using the set.
+fn build_target(dev: &Dev, sshd: &Sshd, name: &str) -> (String, String, String) {
+    let cat = id_of(&dev.ok(&[
+        "host-catalogs",
+        "create",
+        "static",
+        "-scope-id",
+        PROJECT,
+        "-name",
+        name,
+    ]));
+    let host = id_of(&dev.ok(&[
+        "hosts",
+        "create",
+        "static",
+        "-host-catalog-id",
+        &cat,
+        "-address",
+        "127.0.0.1",
+        "-name",
+        name,
+    ]));
+    let set = id_of(&dev.ok(&[
+        "host-sets",
+        "create",
+        "static",
+        "-host-catalog-id",
+        &cat,
+        "-name",
+        name,
+    ]));
+    let out = dev.ok(&["host-sets", "add-hosts", "-id", &set, "-host", &host]);
+    assert_eq!(Dev::field(&out, "Host IDs"), Some(host.clone()), "{out}");
+    let port = sshd.port.to_string();
+    let target = id_of(&dev.ok(&[
+        "targets",
+        "create",
+        "tcp",
+        "-scope-id",
+        PROJECT,
+        "-name",
+        name,
+        "-default-port",
+        &port,
+    ]));
+    let out = dev.ok(&[
+        "targets",
+        "add-host-sources",
+        "-id",
+        &target,
+        "-host-source",
+        &set,
+    ]);
+    assert!(
+        out.contains(&format!("Host Sources:               {set}")),
+        "{out}"
+    );
+    (host, set, target)
+}
+
+fn ssh_echo(sshd: &Sshd, port: u16, word: &str) {
+    let out = sshd.ssh(port, &format!("echo {word}")).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), word, "{}", text(&out.stderr));
+}
+
+#[test]
+fn resources_built_from_the_cli_carry_sessions_and_refuse_bad_input() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+    let (host, set, target) = build_target(&dev, &sshd, "built");
+    let conn = Connect::start(&dev, &["connect", "-target-id", &target]);
+    ssh_echo(&sshd, conn.port, "through-built-target");
+    let s = dev.session_json(&conn.session_id);
+    assert_eq!(s["host_id"], host.as_str());
+    assert_eq!(s["host_set_id"], set.as_str());
+
+    // Listing and reading.
+    let cat = Dev::field(&dev.ok(&["hosts", "read", "-id", &host]), "Host Catalog ID").unwrap();
+    assert!(dev
+        .ok(&["hosts", "list", "-host-catalog-id", &cat])
+        .contains(&host));
+    assert!(dev
+        .ok(&["host-sets", "list", "-host-catalog-id", &cat])
+        .contains(&set));
+    assert!(dev
+        .ok(&["host-catalogs", "list", "-scope-id", PROJECT])
+        .contains(&cat));
+
+    // Bad input is refused with a reason and changes nothing.
+    fails_with(
+        &dev,
+        &[
+            "hosts",
+            "create",
+            "static",
+            "-host-catalog-id",
+            &cat,
+            "-address",
+            "10.0.0.1:22",
+        ],
+        "without a port",
+    );
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "create",
+            "tcp",
+            "-scope-id",
+            PROJECT,
+            "-name",
+            "no-port",
+        ],
+        "needs a default port",
+    );
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "create",
+            "tcp",
+            "-scope-id",
+            "o_1234567890",
+            "-name",
+            "x",
+            "-default-port",
+            "22",
+        ],
+        "project scope",
+    );
+    let direct = id_of(&dev.ok(&[
+        "targets",
+        "create",
+        "tcp",
+        "-scope-id",
+        PROJECT,
+        "-name",
+        "direct",
+        "-default-port",
+        "22",
+        "-address",
+        "127.0.0.1",
+    ]));
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "add-host-sources",
+            "-id",
+            &direct,
+            "-host-source",
+            &set,
+        ],
+        "never both",
+    );
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "add-host-sources",
+            "-id",
+            &target,
+            "-host-source",
+            &set,
+            "-version",
+            "1",
+        ],
+        "HTTP 409",
+    );
+    fails_with(
+        &dev,
+        &["hosts", "read", "-id", "hst_nothere00"],
+        "not found",
+    );
+
+    // The unprivileged user may not create resources.
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "user",
+        "-password",
+        "password",
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let user_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    fails_with(
+        &dev,
+        &[
+            "host-catalogs",
+            "create",
+            "static",
+            "-scope-id",
+            PROJECT,
+            "-token",
+            &user_token,
+        ],
+        "only an administrator",
+    );
+}
+
+#[test]
+fn deleting_a_target_a_host_or_an_auth_token_cancels_its_sessions() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+
+    for what in ["target", "host", "host-catalog"] {
+        let (host, _, target) = build_target(&dev, &sshd, what);
+        let mut conn = Connect::start(&dev, &["connect", "-target-id", &target]);
+        let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+        wait_for("ssh to start", Duration::from_secs(20), || {
+            live.stdout().contains("started").then_some(())
+        });
+        let out = match what {
+            "target" => dev.ok(&["targets", "delete", "-id", &target]),
+            "host" => dev.ok(&["hosts", "delete", "-id", &host]),
+            _ => {
+                let cat = Dev::field(&dev.ok(&["hosts", "read", "-id", &host]), "Host Catalog ID")
+                    .unwrap();
+                dev.ok(&["host-catalogs", "delete", "-id", &cat])
+            }
+        };
+        assert!(out.contains("delete operation completed"), "{out}");
+        assert!(
+            !live.wait(Duration::from_secs(15)).success(),
+            "{what}: ssh was not cut"
+        );
+        conn.proc.wait(Duration::from_secs(15));
+        assert!(
+            conn.proc.stdout().contains("Session was canceled"),
+            "{what}: {}",
+            conn.proc.stdout()
+        );
+        let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
+        assert_eq!(
+            Dev::field(&read, "Termination Reason").as_deref(),
+            Some("canceled")
+        );
+    }
+
+    // Logout revokes the token: its session is canceled and the token no longer works.
+    let (_, _, target) = build_target(&dev, &sshd, "logout");
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", &target]);
+    ssh_echo(&sshd, conn.port, "before-logout");
+    let out = dev.ok(&["logout"]);
+    assert!(out.contains("was revoked"), "{out}");
+    conn.proc.wait(Duration::from_secs(15));
+    assert!(
+        conn.proc.stdout().contains("Session was canceled"),
+        "{}",
+        conn.proc.stdout()
+    );
+    fails_with(
+        &dev,
+        &["sessions", "list", "-scope-id", PROJECT],
+        "not authenticated",
+    );
+}

@@ -28,6 +28,8 @@ struct Opts {
     quick: bool,
     out: PathBuf,
     sluice: Option<PathBuf>,
+    /// Measure only the durable authorize-session rate, for this many seconds.
+    authorize_only: Option<u64>,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -35,6 +37,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         quick: false,
         out: PathBuf::from("benches/out"),
         sluice: None,
+        authorize_only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -42,6 +45,13 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--quick" => o.quick = true,
             "--out" => o.out = args.next().context("--out needs a directory")?.into(),
             "--sluice" => o.sluice = Some(args.next().context("--sluice needs a path")?.into()),
+            "--authorize-only" => {
+                o.authorize_only = Some(
+                    args.next()
+                        .and_then(|s| s.parse().ok())
+                        .context("--authorize-only needs a number of seconds")?,
+                )
+            }
             "--target-server" => {
                 // The target runs in its own process so that 10,000 idle connections fit each
                 // process's descriptor limit (20,000 here, and not raisable in this container).
@@ -51,7 +61,9 @@ fn parse_opts() -> anyhow::Result<Opts> {
                 }
             }
             "-h" | "--help" => {
-                println!("usage: sluice-bench [--quick] [--out DIR] [--sluice PATH]");
+                println!(
+                    "usage: sluice-bench [--quick] [--out DIR] [--sluice PATH] [--authorize-only SECS]"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other:?}; see --help"),
@@ -277,6 +289,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     let started = Instant::now();
+    if let Some(secs) = o.authorize_only {
+        let r = procs::sluice_bin(o.sluice.as_deref())
+            .and_then(|bin| sluice::Dev::start(&bin, 9))
+            .and_then(|dev| report::authorize_rate(&dev, secs));
+        return match r {
+            Ok(v) => {
+                println!("durable authorize-session: {v:.0}/s (64 concurrent clients, {secs} s)");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run(&o) {
         Ok(r) => {
             print!("{}", report::table(&r));

@@ -105,6 +105,12 @@ pub enum Command {
     HostSets(HostSets),
     /// Revoke the stored auth token and forget it
     Logout,
+    /// Users
+    #[command(subcommand)]
+    Users(Users),
+    /// Password accounts
+    #[command(subcommand)]
+    Accounts(Accounts),
     /// Authenticate and store an auth token
     #[command(subcommand)]
     Authenticate(Authenticate),
@@ -437,6 +443,87 @@ pub enum CreateStaticSet {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Everything
+    Admin,
+    /// Authorize targets; read and cancel only its own sessions
+    User,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Users {
+    Create {
+        #[arg(long, default_value = "global")]
+        scope_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, value_enum, default_value_t = Role::User)]
+        role: Role,
+    },
+    List,
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    Update {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
+    /// Delete a user: its auth tokens are revoked and its sessions canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// Let accounts log in as this user
+    AddAccounts {
+        #[arg(long)]
+        id: String,
+        /// An account id (repeat for more)
+        #[arg(long)]
+        account: Vec<String>,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Accounts {
+    /// Create an account
+    #[command(subcommand)]
+    Create(CreateAccount),
+    List {
+        #[arg(long, default_value = "ampw_1234567890")]
+        auth_method_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateAccount {
+    Password {
+        #[arg(long, default_value = "ampw_1234567890")]
+        auth_method_id: String,
+        #[arg(long)]
+        login_name: String,
+        /// env://VAR, file://PATH or the password itself
+        #[arg(long)]
+        password: String,
+        /// Associate the account with this user at once
+        #[arg(long)]
+        user_id: Option<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct SetHostsArgs {
     #[arg(long)]
@@ -582,6 +669,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts(h) => crate::resources::hosts(&common, h).await,
         Command::HostSets(h) => crate::resources::host_sets(&common, h).await,
         Command::Logout => crate::resources::logout(&common).await,
+        Command::Users(u) => crate::resources::users(&common, u).await,
+        Command::Accounts(a) => crate::resources::accounts(&common, a).await,
         Command::Scopes(crate::args::Scopes::RotateKeys { scope_id }) => {
             crate::api::rotate_keys(&common, &scope_id).await
         }

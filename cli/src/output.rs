@@ -210,15 +210,29 @@ pub fn resource(it: &Value) -> String {
             rows.push((label, s(&it[key])));
         }
     }
+    for (label, key) in [("Role", "role"), ("User ID", "user_id")] {
+        if let Some(v) = it[key].as_str().filter(|v| !v.is_empty()) {
+            rows.push((label, v.to_owned()));
+        }
+    }
     if let Some(a) = it["attributes"]["address"].as_str() {
         rows.push(("Address", a.to_owned()));
+    }
+    if let Some(a) = it["attributes"]["login_name"].as_str() {
+        rows.push(("Login Name", a.to_owned()));
+    }
+    if let Some(h) = it["account_ids"].as_array() {
+        let ids: Vec<String> = h.iter().map(s).collect();
+        rows.push(("Account IDs", ids.join(", ")));
     }
     if let Some(h) = it["host_ids"].as_array() {
         let ids: Vec<String> = h.iter().map(s).collect();
         rows.push(("Host IDs", ids.join(", ")));
     }
-    rows.push(("Created Time", rfc1123(&it["created_time"])));
-    rows.push(("Updated Time", rfc1123(&it["updated_time"])));
+    if !it["created_time"].is_null() {
+        rows.push(("Created Time", rfc1123(&it["created_time"])));
+        rows.push(("Updated Time", rfc1123(&it["updated_time"])));
+    }
     block(4, 20, &rows)
 }
 

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::api::Api;
+use crate::args::{Accounts, CreateAccount, Role, Users};
 use crate::args::{
     Common, CreateStaticCatalog, CreateStaticHost, CreateStaticSet, Format, HostCatalogs, HostSets,
     Hosts, SetHostsArgs,
@@ -210,5 +211,111 @@ pub async fn logout(common: &Common) -> anyhow::Result<ExitCode> {
         crate::secrets::forget_token()?;
     }
     println!("The auth token {id} was revoked.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Admin => "admin",
+        Role::User => "user",
+    }
+}
+
+pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match u {
+        Users::Create {
+            scope_id,
+            name,
+            description,
+            role,
+        } => {
+            let body = json!({"scope_id": scope_id, "name": name, "description": description, "role": role_name(role)});
+            let v = api.call(Method::POST, "/v1/users", Some(body)).await?;
+            show(common, "User", &v);
+        }
+        Users::List => {
+            let v = api.call(Method::GET, "/v1/users", None).await?;
+            show_list(common, "User", "No users found", &v);
+        }
+        Users::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/users/{id}"), None)
+                .await?;
+            show(common, "User", &v);
+        }
+        Users::Update {
+            id,
+            version,
+            name,
+            description,
+            role,
+        } => {
+            let path = format!("/v1/users/{id}");
+            let version = version_of(&api, &path, version).await?;
+            let mut body = json!({"version": version});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if let Some(r) = role {
+                body["role"] = json!(role_name(r));
+            }
+            let v = api.call(Method::PATCH, &path, Some(body)).await?;
+            show(common, "User", &v);
+        }
+        Users::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/users/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+        Users::AddAccounts {
+            id,
+            account,
+            version,
+        } => {
+            let path = format!("/v1/users/{id}");
+            let version = version_of(&api, &path, version).await?;
+            let body = json!({"version": version, "account_ids": account});
+            let v = api
+                .call(Method::POST, &format!("{path}:add-accounts"), Some(body))
+                .await?;
+            show(common, "User", &v);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn accounts(common: &Common, a: Accounts) -> anyhow::Result<ExitCode> {
+    let api = Api::authed(common)?;
+    match a {
+        Accounts::Create(CreateAccount::Password {
+            auth_method_id,
+            login_name,
+            password,
+            user_id,
+        }) => {
+            let password = crate::secrets::resolve(&password, "-password")?;
+            let mut body = json!({"auth_method_id": auth_method_id, "type": "password",
+                                  "attributes": {"login_name": login_name, "password": password}});
+            if let Some(u) = user_id {
+                body["user_id"] = json!(u);
+            }
+            let v = api.call(Method::POST, "/v1/accounts", Some(body)).await?;
+            show(common, "Account", &v);
+        }
+        Accounts::List { auth_method_id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/accounts?auth_method_id={auth_method_id}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Account", "No accounts found", &v);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

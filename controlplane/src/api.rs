@@ -105,6 +105,15 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/v1/auth-tokens/{id}",
             axum::routing::delete(delete_auth_token),
         )
+        .route("/v1/users", get(list_users).post(create_user))
+        .route(
+            "/v1/users/{id}",
+            get(read_user)
+                .patch(update_user)
+                .delete(delete_user)
+                .post(user_action),
+        )
+        .route("/v1/accounts", get(list_accounts).post(create_account))
         .route("/v1/workers:create:controller-led", post(create_worker))
         .route("/v1/workers", get(list_workers))
         .route("/v1/scopes/{id_action}", post(scope_action))
@@ -865,4 +874,185 @@ async fn delete_auth_token(
     let p = principal(&c, &headers)?;
     c.delete_auth_token(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn user_json(c: &Controller, u: &crate::model::User) -> Value {
+    json!({"id": u.id, "scope_id": u.scope_id, "name": u.name, "description": u.description,
+           "version": u.version, "role": if u.admin { "admin" } else { "user" },
+           "account_ids": c.user_accounts(&u.id)})
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default)]
+    scope_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    account_ids: Vec<String>,
+}
+
+fn role(r: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match r {
+        None => Ok(None),
+        Some("admin") => Ok(Some(true)),
+        Some("user") => Ok(Some(false)),
+        Some(o) => Err(ApiError::bad_request(format!(
+            "role {o:?} does not exist; use admin or user"
+        ))),
+    }
+}
+
+async fn create_user(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: UserBody = parse_body(&body)?;
+    if b.scope_id.as_deref().is_some_and(|s| s != "global") {
+        return Err(ApiError::bad_request("users live in the global scope"));
+    }
+    let admin = role(b.role.as_deref())?.unwrap_or(false);
+    let u = c
+        .create_user(
+            &p,
+            b.name.as_deref().unwrap_or_default(),
+            b.description.as_deref().unwrap_or_default(),
+            admin,
+        )
+        .await?;
+    Ok(item(user_json(&c, &u)))
+}
+
+async fn list_users(State(c): State<Ctl>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let items: Vec<Value> = c.list_users(&p).iter().map(|u| user_json(&c, u)).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_user(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    Ok(item(user_json(&c, &c.read_user(&p, &id)?)))
+}
+
+async fn update_user(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: UserBody = parse_body(&body)?;
+    let admin = role(b.role.as_deref())?;
+    let u = c
+        .update_user(&p, &id, b.version, b.name, b.description, admin)
+        .await?;
+    Ok(item(user_json(&c, &u)))
+}
+
+async fn delete_user(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_user(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn user_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    if action != Some("add-accounts") {
+        return Err(ApiError::not_found(format!("no action {id_action}")));
+    }
+    let p = principal(&c, &headers)?;
+    let b: UserBody = parse_body(&body)?;
+    let u = c.add_accounts(&p, id, b.version, &b.account_ids).await?;
+    Ok(item(user_json(&c, &u)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AccountQuery {
+    #[serde(default)]
+    auth_method_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AccountBody {
+    #[serde(default)]
+    auth_method_id: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    attributes: AccountAttributes,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AccountAttributes {
+    #[serde(default)]
+    login_name: String,
+    #[serde(default)]
+    password: String,
+}
+
+fn account_json(a: &crate::model::Account) -> Value {
+    json!({"id": a.id, "auth_method_id": a.auth_method_id, "type": "password",
+           "user_id": a.user_id, "attributes": {"login_name": a.login_name}})
+}
+
+async fn create_account(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: AccountBody = parse_body(&body)?;
+    if b.kind.as_deref().is_some_and(|k| k != "password") {
+        return Err(ApiError::bad_request("only password accounts exist"));
+    }
+    let a = c
+        .create_account(
+            &p,
+            &b.auth_method_id,
+            &b.attributes.login_name,
+            &b.attributes.password,
+            b.user_id.as_deref().filter(|u| !u.is_empty()),
+        )
+        .await?;
+    Ok(item(account_json(&a)))
+}
+
+async fn list_accounts(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<AccountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let am = q
+        .auth_method_id
+        .ok_or_else(|| ApiError::bad_request("auth_method_id is required"))?;
+    let items: Vec<Value> = c.list_accounts(&p, &am)?.iter().map(account_json).collect();
+    Ok(Json(json!({ "items": items })))
 }

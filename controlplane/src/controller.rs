@@ -185,7 +185,7 @@ pub(crate) fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn hash_password(password: &str) -> String {
+pub(crate) fn hash_password(password: &str) -> String {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -425,6 +425,12 @@ impl Controller {
             Some(a) if ok => a,
             _ => return Err(failed()),
         };
+        if !self.state().users.contains_key(&account.user_id) {
+            return Err(ApiError::unauthenticated(format!(
+                "account {} belongs to no user; an administrator must add it to one with `sluice users add-accounts`",
+                account.id
+            )));
+        }
         let id = new_id("at");
         let secret = new_secret();
         let now = Timestamp::now();
@@ -990,6 +996,8 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
             scope_id: "global".into(),
             name: login.clone(),
             admin,
+            description: String::new(),
+            version: 1,
         };
         // Keep the stored hash when the password is unchanged: hashing is deliberately slow.
         let keep = state.accounts.get(account_id).filter(|a| {

@@ -24,6 +24,10 @@ pub struct User {
     pub scope_id: String,
     pub name: String,
     pub admin: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "one")]
+    pub version: u32,
 }
 
 /// A password account of an auth method.

@@ -8,7 +8,7 @@ use tracing::info;
 use crate::api::ApiError;
 use crate::controller::{enc, Controller, Principal, State};
 use crate::ids::new_id;
-use crate::model::{Host, HostCatalog, HostSet, Session, SessionStatus, Target};
+use crate::model::{Account, Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
 use crate::sessions;
 use crate::store::{Table, Write};
 
@@ -590,6 +590,289 @@ impl Controller {
         self.push_cancels(pushes);
         info!(auth_token_id = %id, "auth token revoked");
         Ok(())
+    }
+}
+
+impl Controller {
+    /// Creates a user (admin only); `admin` gives it the admin role.
+    pub async fn create_user(
+        &self,
+        p: &Principal,
+        name: &str,
+        description: &str,
+        admin: bool,
+    ) -> Result<User, ApiError> {
+        require_admin(p, "create users")?;
+        check_name(name)?;
+        let (u, done) = {
+            let mut st = self.state();
+            if !name.is_empty() && st.users.values().any(|u| u.name == name) {
+                return Err(ApiError::conflict(format!(
+                    "a user named {name:?} already exists"
+                )));
+            }
+            let u = User {
+                id: new_id("u"),
+                scope_id: "global".into(),
+                name: name.into(),
+                admin,
+                description: description.into(),
+                version: 1,
+            };
+            st.users.insert(u.id.clone(), u.clone());
+            (
+                u.clone(),
+                self.persist(vec![Write::Put(Table::Resources, u.id.clone(), enc(&u))]),
+            )
+        };
+        done.await?;
+        Ok(u)
+    }
+
+    /// Every user (admin), or yourself.
+    pub fn list_users(&self, p: &Principal) -> Vec<User> {
+        self.state()
+            .users
+            .values()
+            .filter(|u| p.user.admin || u.id == p.user.id)
+            .cloned()
+            .collect()
+    }
+
+    /// One user: yourself, or anyone as an administrator.
+    pub fn read_user(&self, p: &Principal, id: &str) -> Result<User, ApiError> {
+        if !p.user.admin && id != p.user.id {
+            return Err(ApiError::forbidden(format!(
+                "you may only read your own user, not {id}"
+            )));
+        }
+        self.state()
+            .users
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("user {id} not found")))
+    }
+
+    /// Changes a user's name, description or role (admin only); stale versions are refused.
+    pub async fn update_user(
+        &self,
+        p: &Principal,
+        id: &str,
+        version: Option<u32>,
+        name: Option<String>,
+        description: Option<String>,
+        admin: Option<bool>,
+    ) -> Result<User, ApiError> {
+        require_admin(p, "change users")?;
+        if admin == Some(false) && id == p.user.id {
+            return Err(ApiError::bad_request(
+                "you cannot take the admin role from yourself; another administrator must",
+            ));
+        }
+        let (u, done) = {
+            let mut st = self.state();
+            let u = st
+                .users
+                .get_mut(id)
+                .ok_or_else(|| ApiError::not_found(format!("user {id} not found")))?;
+            check_version(id, u.version, version)?;
+            if let Some(n) = name {
+                check_name(&n)?;
+                u.name = n;
+            }
+            if let Some(d) = description {
+                u.description = d;
+            }
+            if let Some(a) = admin {
+                u.admin = a;
+            }
+            u.version += 1;
+            let u = u.clone();
+            (
+                u.clone(),
+                self.persist(vec![Write::Put(Table::Resources, u.id.clone(), enc(&u))]),
+            )
+        };
+        done.await?;
+        Ok(u)
+    }
+
+    /// Deletes a user: its auth tokens are revoked, its accounts left without a user and its
+    /// sessions canceled (admin only).
+    pub async fn delete_user(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        require_admin(p, "delete users")?;
+        if id == p.user.id {
+            return Err(ApiError::bad_request("you cannot delete yourself"));
+        }
+        let now = Timestamp::now();
+        let (done, pushes) = {
+            let mut st = self.state();
+            if st.users.remove(id).is_none() {
+                return Err(ApiError::not_found(format!("user {id} not found")));
+            }
+            let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.user_id == id);
+            let tokens: Vec<String> = st
+                .auth_tokens
+                .values()
+                .filter(|t| t.user_id == id)
+                .map(|t| t.id.clone())
+                .collect();
+            for t in tokens {
+                st.auth_tokens.remove(&t);
+                writes.push(Write::Delete(Table::AuthTokens, t));
+            }
+            for a in st.accounts.values_mut().filter(|a| a.user_id == id) {
+                a.user_id = String::new();
+                writes.push(Write::Put(Table::Resources, a.id.clone(), enc(&*a)));
+            }
+            writes.push(Write::Delete(Table::Resources, id.to_owned()));
+            (self.persist(writes), pushes)
+        };
+        done.await?;
+        self.push_cancels(pushes);
+        info!(user_id = %id, "user deleted");
+        Ok(())
+    }
+
+    /// Creates a password account; `user_id` (optional) associates it with a user at once.
+    pub async fn create_account(
+        &self,
+        p: &Principal,
+        auth_method_id: &str,
+        login_name: &str,
+        password: &str,
+        user_id: Option<&str>,
+    ) -> Result<Account, ApiError> {
+        require_admin(p, "create accounts")?;
+        if auth_method_id != crate::controller::dev_ids::AUTH_METHOD {
+            return Err(ApiError::not_found(format!(
+                "auth method {auth_method_id} not found"
+            )));
+        }
+        let valid_login = (3..=64).contains(&login_name.len())
+            && login_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.@".contains(c));
+        if !valid_login {
+            return Err(ApiError::bad_request(
+                "a login name is 3–64 characters of lowercase letters, digits and - _ . @",
+            ));
+        }
+        if password.len() < 8 || password.len() > 1024 {
+            return Err(ApiError::bad_request("a password is 8–1024 characters"));
+        }
+        {
+            let st = self.state();
+            if st
+                .accounts
+                .values()
+                .any(|a| a.auth_method_id == auth_method_id && a.login_name == login_name)
+            {
+                return Err(ApiError::conflict(format!(
+                    "an account with login name {login_name:?} already exists"
+                )));
+            }
+            if let Some(u) = user_id {
+                if !st.users.contains_key(u) {
+                    return Err(ApiError::not_found(format!("user {u} not found")));
+                }
+            }
+        }
+        let pw = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || crate::controller::hash_password(&pw))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let a = Account {
+            id: new_id("acctpw"),
+            auth_method_id: auth_method_id.into(),
+            login_name: login_name.into(),
+            password_hash: hash,
+            user_id: user_id.unwrap_or_default().into(),
+        };
+        let done = {
+            let mut st = self.state();
+            if st
+                .accounts
+                .values()
+                .any(|x| x.auth_method_id == auth_method_id && x.login_name == login_name)
+            {
+                return Err(ApiError::conflict(format!(
+                    "an account with login name {login_name:?} already exists"
+                )));
+            }
+            st.accounts.insert(a.id.clone(), a.clone());
+            self.persist(vec![Write::Put(Table::Resources, a.id.clone(), enc(&a))])
+        };
+        done.await?;
+        Ok(a)
+    }
+
+    /// Password accounts of an auth method (admin only).
+    pub fn list_accounts(
+        &self,
+        p: &Principal,
+        auth_method_id: &str,
+    ) -> Result<Vec<Account>, ApiError> {
+        require_admin(p, "list accounts")?;
+        Ok(self
+            .state()
+            .accounts
+            .values()
+            .filter(|a| a.auth_method_id == auth_method_id)
+            .cloned()
+            .collect())
+    }
+
+    /// Associates accounts with a user (admin only).
+    pub async fn add_accounts(
+        &self,
+        p: &Principal,
+        user_id: &str,
+        version: Option<u32>,
+        accounts: &[String],
+    ) -> Result<User, ApiError> {
+        require_admin(p, "change users")?;
+        let (u, done) = {
+            let mut st = self.state();
+            let u = st
+                .users
+                .get(user_id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("user {user_id} not found")))?;
+            check_version(user_id, u.version, version)?;
+            let mut writes = Vec::new();
+            for id in accounts {
+                let a = st
+                    .accounts
+                    .get_mut(id)
+                    .ok_or_else(|| ApiError::not_found(format!("account {id} not found")))?;
+                if !a.user_id.is_empty() && a.user_id != user_id {
+                    return Err(ApiError::conflict(format!(
+                        "account {id} already belongs to user {}",
+                        a.user_id
+                    )));
+                }
+                a.user_id = user_id.into();
+                writes.push(Write::Put(Table::Resources, a.id.clone(), enc(&*a)));
+            }
+            let u = st.users.get_mut(user_id).expect("checked above");
+            u.version += 1;
+            let u = u.clone();
+            writes.push(Write::Put(Table::Resources, u.id.clone(), enc(&u)));
+            (u, self.persist(writes))
+        };
+        done.await?;
+        Ok(u)
+    }
+
+    /// Accounts of a user.
+    pub fn user_accounts(&self, user_id: &str) -> Vec<String> {
+        self.state()
+            .accounts
+            .values()
+            .filter(|a| a.user_id == user_id)
+            .map(|a| a.id.clone())
+            .collect()
     }
 }
 

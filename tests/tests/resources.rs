@@ -279,3 +279,122 @@ fn deleting_a_target_a_host_or_an_auth_token_cancels_its_sessions() {
         "not authenticated",
     );
 }
+
+#[test]
+fn users_and_accounts_are_managed_and_a_deleted_user_loses_its_sessions() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+    let account = id_of(&dev.ok(&[
+        "accounts",
+        "create",
+        "password",
+        "-login-name",
+        "carol",
+        "-password",
+        "carol-secret-1",
+    ]));
+    // Without a user the account cannot log in.
+    let home = tempfile::tempdir().unwrap();
+    let login = |dev: &Dev| {
+        let mut c = dev.cmd(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            "carol",
+            "-password",
+            "env://CAROL_PW",
+        ]);
+        c.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("CAROL_PW", "carol-secret-1");
+        c.output().unwrap()
+    };
+    let out = login(&dev);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("belongs to no user"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let user = id_of(&dev.ok(&["users", "create", "-name", "carol"]));
+    let out = dev.ok(&["users", "add-accounts", "-id", &user, "-account", &account]);
+    assert_eq!(
+        Dev::field(&out, "Account IDs"),
+        Some(account.clone()),
+        "{out}"
+    );
+    assert_eq!(Dev::field(&out, "Role").as_deref(), Some("user"));
+    let out = login(&dev);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let carol = |args: &[&str]| {
+        let mut c = dev.cmd(args);
+        c.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"));
+        Proc::spawn(c)
+    };
+
+    // Carol may connect but not administer.
+    let mut p = carol(&["users", "list"]);
+    p.wait(Duration::from_secs(30));
+    assert!(
+        p.stdout().contains(&user) && !p.stdout().contains("u_1234567890"),
+        "{}",
+        p.stdout()
+    );
+    let mut p = carol(&["users", "create", "-name", "mallory"]);
+    assert!(!p.wait(Duration::from_secs(30)).success());
+    assert!(
+        p.stderr().contains("only an administrator"),
+        "{}",
+        p.stderr()
+    );
+    let mut conn = carol(&["connect", "-target-id", "ttcp_1234567890"]);
+    let (port, sid) = wait_for("carol's connect", Duration::from_secs(30), || {
+        let out = conn.stdout();
+        Some((
+            Dev::field(&out, "Port")?.parse::<u16>().ok()?,
+            Dev::field(&out, "Session ID")?,
+        ))
+    });
+    ssh_echo(&sshd, port, "carol-was-here");
+
+    // Stale versions are refused; a role change works.
+    fails_with(
+        &dev,
+        &[
+            "users", "update", "-id", &user, "-version", "1", "-name", "x",
+        ],
+        "HTTP 409",
+    );
+    let out = dev.ok(&[
+        "users",
+        "update",
+        "-id",
+        &user,
+        "-description",
+        "contractor",
+    ]);
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("3"), "{out}");
+
+    // Deleting Carol cancels her session and revokes her token.
+    dev.ok(&["users", "delete", "-id", &user]);
+    conn.wait(Duration::from_secs(15));
+    assert!(
+        conn.stdout().contains("Session was canceled"),
+        "{}",
+        conn.stdout()
+    );
+    let read = dev.wait_status(&sid, "terminated", Duration::from_secs(15));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
+    let mut p = carol(&["sessions", "list", "-scope-id", PROJECT]);
+    assert!(!p.wait(Duration::from_secs(30)).success());
+    assert!(
+        p.stderr().contains("invalid or has expired"),
+        "{}",
+        p.stderr()
+    );
+}

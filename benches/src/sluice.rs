@@ -130,7 +130,7 @@ impl Dev {
         let text = v["item"]["authorization_token"]
             .as_str()
             .context("no token")?;
-        Ok(bs58::decode(text).into_vec()?)
+        Ok(sluice_proto::token::text_to_binary(text)?)
     }
 }
 

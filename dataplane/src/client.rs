@@ -614,7 +614,5 @@ async fn both_ways(
 
 /// The binary form of a token's text.
 fn token_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
-    ::bs58::decode(text.trim())
-        .into_vec()
-        .map_err(|_| TokenError::NotBase58)
+    sluice_proto::token::text_to_binary(text)
 }

@@ -480,9 +480,7 @@ mod tests {
             worker_addr: "127.0.0.1:9202".into(),
             ca_fingerprint: [7; 32],
         };
-        bs58::decode(signer.sign(&claims).unwrap())
-            .into_vec()
-            .unwrap()
+        sluice_proto::token::text_to_binary(&signer.sign(&claims).unwrap()).unwrap()
     }
 
     fn registry(signer: &TokenSigner) -> (Arc<Registry>, mpsc::UnboundedReceiver<WorkerEvent>) {

@@ -308,10 +308,10 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
     let (token, _) = authorize(&dev);
 
     // Forged: one byte of the endpoint changed.
-    let mut bytes = bs58::decode(&token).into_vec().unwrap();
+    let mut bytes = sluice_proto::token::text_to_binary(&token).unwrap();
     let pos = bytes.windows(9).position(|w| w == b"127.0.0.1").unwrap();
     bytes[pos] = b'8';
-    let forged = bs58::encode(bytes).into_string();
+    let forged = sluice_proto::token::binary_to_text(&bytes);
     let out = dev.sluice(&["connect", "-authz-token", &forged]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -323,7 +323,7 @@ fn forged_replayed_and_garbage_tokens_are_refused() {
     let out = dev.sluice(&["proxy", "-authz", "not-a-token"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("not base58"),
+        text(&out.stderr).contains("not Sluice token text"),
         "{}",
         text(&out.stderr)
     );

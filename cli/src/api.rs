@@ -21,10 +21,22 @@ pub struct Api {
 
 impl Api {
     pub fn new(common: &Common, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("while creating the HTTP client")?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = &common.tls_ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("-tls-ca-cert {} cannot be read", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("-tls-ca-cert {} holds no PEM certificate", path.display())
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if common.tls_insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().context("while creating the HTTP client")?;
         Ok(Self {
             http,
             base: common.addr.trim_end_matches('/').to_owned(),
@@ -53,8 +65,19 @@ impl Api {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| {
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            let hint = if why.contains("certificate") || why.contains("UnknownIssuer") {
+                "; pass the controller's CA with -tls-ca-cert (SLUICE_CACERT)"
+            } else {
+                "; is the controller running, and is -addr/SLUICE_ADDR right?"
+            };
             anyhow!(
-                "could not reach the controller at {}: {e}; is `sluice dev` running, and is -addr/SLUICE_ADDR right?",
+                "could not reach the controller at {}: {why}{hint}",
                 self.base
             )
         })?;

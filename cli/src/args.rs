@@ -72,6 +72,13 @@ pub struct Common {
     /// Output format
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// PEM file of the CA that signed the controller's API certificate (`sluice server`
+    /// prints its path as "API CA Certificate")
+    #[arg(long, global = true, env = "SLUICE_CACERT")]
+    pub tls_ca_cert: Option<std::path::PathBuf>,
+    /// Skip verification of the API's certificate (testing only)
+    #[arg(long, global = true, env = "SLUICE_TLS_INSECURE")]
+    pub tls_insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

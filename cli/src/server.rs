@@ -6,7 +6,10 @@
 //! data_dir = "/var/lib/sluice"     # the redb store (sessions, resources, keys, cluster CA)
 //!
 //! [api]
-//! address = "127.0.0.1:9200"       # HTTP API
+//! address = "127.0.0.1:9200"       # HTTPS API
+//! tls = true                       # false serves plain HTTP (only behind a TLS proxy)
+//! tls_cert_file = "/etc/sluice/api.pem"   # PEM chain; absent: one is generated, signed by
+//! tls_key_file = "/etc/sluice/api.key"    # the cluster CA (written to data_dir/ca.pem)
 //!
 //! [cluster]
 //! address = "127.0.0.1:9201"       # workers connect here (TLS 1.3, mutual once activated)
@@ -40,9 +43,29 @@ use crate::output::block;
 #[serde(deny_unknown_fields, default)]
 struct ControllerFile {
     controller: ControllerSection,
-    api: Listener,
+    api: ApiSection,
     cluster: Listener,
     initial: Initial,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ApiSection {
+    address: Option<String>,
+    tls: bool,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            address: None,
+            tls: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +229,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("while listening for the API on {api_addr}"))?;
     let api_local = listener.local_addr()?;
+    let (tls, ca_path) = api_tls(&cfg.api, &controller, &data_dir, api_local)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let cluster_task = tokio::spawn(sluice_controlplane::cluster::serve(
         controller.clone(),
         cluster,
@@ -223,7 +248,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             2,
             27,
             &[
-                ("API Address", format!("http://{api_local}")),
+                ("API Address", format!("{scheme}://{api_local}")),
+                ("API CA Certificate", ca_path.clone()),
                 ("Cluster Address", cluster_local.to_string()),
                 ("Data Directory", data_dir.display().to_string()),
             ]
@@ -241,12 +267,20 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => {}
         }
     };
-    axum::serve(
-        listener,
-        sluice_controlplane::api::router(controller.clone()),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let router = sluice_controlplane::api::router(controller.clone());
+    match tls {
+        Some(tls) => {
+            let listener = sluice_controlplane::api_tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
     .context("while serving the API")?;
     info!("shutting down");
     sweeper.abort();
@@ -255,4 +289,66 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     drop(controller);
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The API's TLS configuration (given files, or a certificate signed by the cluster CA for
+/// the listening address and `localhost`), and what clients should trust.
+fn api_tls(
+    api: &ApiSection,
+    controller: &Controller,
+    data_dir: &std::path::Path,
+    local: SocketAddr,
+) -> anyhow::Result<(Option<rustls::ServerConfig>, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if !api.tls {
+        tracing::warn!("the API serves plain HTTP (api.tls = false): put it behind a TLS proxy");
+        return Ok((None, "(none: plain HTTP)".into()));
+    }
+    let (chain, key, ca_path) = match (&api.tls_cert_file, &api.tls_key_file) {
+        (Some(c), Some(k)) => {
+            let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(c)
+                .with_context(|| format!("while reading {}", c.display()))?
+                .map(|r| r.map(|d| d.to_vec()))
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{} holds no valid PEM certificate", c.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .with_context(|| format!("{} holds no valid PEM private key", k.display()))?;
+            (
+                chain,
+                key.secret_der().to_vec(),
+                "(given with tls_cert_file)".to_owned(),
+            )
+        }
+        (None, None) => {
+            let mut names = vec!["localhost".to_owned(), local.ip().to_string()];
+            if local.ip().is_unspecified() {
+                names.push("127.0.0.1".into());
+            }
+            let (chain, key) = controller.api_identity(&names)?;
+            let ca = data_dir.join("ca.pem");
+            let pem = pem_cert(&controller.ca_cert());
+            std::fs::write(&ca, pem).with_context(|| format!("while writing {}", ca.display()))?;
+            (chain, key, ca.display().to_string())
+        }
+        _ => anyhow::bail!(
+            "api.tls_cert_file and api.tls_key_file go together; give both or neither"
+        ),
+    };
+    Ok((
+        Some(sluice_controlplane::api_tls::server_config(chain, key)?),
+        ca_path,
+    ))
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }

@@ -87,6 +87,13 @@ impl Controller {
         Ok((vec![cert, self.ca.cert().to_vec()], key))
     }
 
+    /// A certificate (chain: leaf, CA) and key for the API, naming `names` (DNS names or IPs),
+    /// signed by the cluster CA.
+    pub fn api_identity(&self, names: &[String]) -> anyhow::Result<(Vec<Vec<u8>>, Vec<u8>)> {
+        let (cert, key) = self.ca.issue_for(names)?;
+        Ok((vec![cert, self.ca.cert().to_vec()], key))
+    }
+
     /// The keys workers verify tokens with: the current signing key and rotated-out keys whose
     /// tokens may not have expired yet.
     pub fn verifying_keys(&self) -> Vec<Vec<u8>> {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_tls;
 pub mod cluster;
 pub mod controller;
 pub mod filter;

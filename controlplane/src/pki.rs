@@ -141,6 +141,17 @@ impl ClusterCa {
             .map_err(|e| e.to_string())
     }
 
+    /// A certificate and key for several names (DNS names or IP addresses).
+    pub fn issue_for(&self, names: &[String]) -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Sluice API");
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok((cert.der().to_vec(), key.serialize_der()))
+    }
+
     /// A certificate and key for `server_name` (the controller's cluster listener).
     pub fn issue(&self, server_name: &str) -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;

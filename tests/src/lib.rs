@@ -168,6 +168,8 @@ pub struct Dev {
     pub api: String,
     pub home: tempfile::TempDir,
     pub args: Vec<String>,
+    /// The CA the API's certificate chains to (`sluice server` serves HTTPS).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Dev {
@@ -226,6 +228,7 @@ impl Dev {
             api,
             home,
             args,
+            ca: None,
         };
         let out = dev.sluice(&[
             "authenticate",
@@ -253,6 +256,10 @@ impl Dev {
             .env("SLUICE_TEST_PW", "password")
             .env_remove("SLUICE_TOKEN")
             .stdin(Stdio::null());
+        match &self.ca {
+            Some(ca) => cmd.env("SLUICE_CACERT", ca),
+            None => cmd.env_remove("SLUICE_CACERT"),
+        };
         cmd
     }
 
@@ -376,9 +383,10 @@ impl Dev {
         let proc = setup.spawn(home.path());
         let dev = Self {
             proc,
-            api: format!("http://127.0.0.1:{}", setup.api_port),
+            api: format!("https://127.0.0.1:{}", setup.api_port),
             home,
             args: vec![],
+            ca: Some(setup.data_dir.path().join("store").join("ca.pem")),
         };
         dev.ok(&[
             "authenticate",

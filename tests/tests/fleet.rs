@@ -260,6 +260,19 @@ fn a_killed_worker_has_its_sessions_ended_with_system_error() {
 fn activation_tokens_work_once_and_deleted_workers_are_shut_out() {
     let setup = ServerSetup::new(22);
     let dev = Dev::server(&setup);
+    // The API is HTTPS with a certificate from the cluster CA: without that CA the CLI says
+    // what to pass.
+    assert!(dev.api.starts_with("https://"));
+    let mut c = dev.cmd(&["workers", "list"]);
+    c.env_remove("SLUICE_CACERT");
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("-tls-ca-cert"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let (id, token) = dev.create_worker("w1");
     let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
     let read = dev.ok(&["workers", "read", "-id", &id]);

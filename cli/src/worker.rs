@@ -28,7 +28,6 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::cluster::{activate, run_link, LinkConfig};
 use sluice_dataplane::{tls, Worker, WorkerConfig};
-use sluice_proto::KeySet;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -96,6 +95,36 @@ struct StoredIdentity {
 }
 
 const IDENTITY_FILE: &str = "worker-auth.json";
+const KEYS_FILE: &str = "token-keys.json";
+
+/// Writes `bytes` to `dir/name` atomically (temporary file, fsync, rename), readable only by
+/// the owner.
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("while writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The token-verification keys the controller sent last, if any were kept.
+fn load_keys(dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::read(dir.join(KEYS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
 
 fn load_identity(dir: &Path) -> anyhow::Result<Option<StoredIdentity>> {
     let path = dir.join(IDENTITY_FILE);
@@ -112,22 +141,7 @@ fn load_identity(dir: &Path) -> anyhow::Result<Option<StoredIdentity>> {
 }
 
 fn save_identity(dir: &Path, id: &StoredIdentity) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
-    let path = dir.join(IDENTITY_FILE);
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("while writing {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec(id)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
-    Ok(())
+    write_private(dir, IDENTITY_FILE, &serde_json::to_vec(id)?)
 }
 
 fn parse_tag(t: &str) -> anyhow::Result<(String, String)> {
@@ -206,8 +220,13 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     );
     config.threads = w.threads;
     config.allow_plaintext = w.allow_plaintext;
-    // Keys arrive with the controller's welcome; until then no token verifies.
-    let worker = Worker::start(config, KeySet::default(), events_tx)
+    // The keys the controller sent last (kept on disk), until its welcome brings the current
+    // set: a worker restarted while the controller is away still admits tokens.
+    let kept = load_keys(&w.auth_storage_path);
+    if kept.is_empty() {
+        info!("no token keys kept yet; tokens are admitted once the controller link is up");
+    }
+    let worker = Worker::start(config, sluice_dataplane::cluster::key_set(&kept), events_tx)
         .with_context(|| format!("while starting the worker on {listen}"))?;
     let local = worker.local_addr();
     let public = w.public_addr.clone().unwrap_or_else(|| local.to_string());
@@ -221,6 +240,15 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             boot_id: rand::random::<u64>() | 1,
             address: public.clone(),
             tags: w.tags.clone(),
+            on_keys: Some({
+                let dir = w.auth_storage_path.clone();
+                std::sync::Arc::new(move |keys: &[Vec<u8>]| {
+                    let kept = serde_json::to_vec(keys).unwrap_or_default();
+                    if let Err(e) = write_private(&dir, KEYS_FILE, &kept) {
+                        tracing::warn!(error = %e, "could not keep the token keys on disk");
+                    }
+                })
+            }),
         },
         worker.handle(),
         events_rx,

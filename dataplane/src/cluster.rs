@@ -48,6 +48,9 @@ pub struct LinkConfig {
     pub address: String,
     /// The worker's tags.
     pub tags: BTreeMap<String, Vec<String>>,
+    /// Called with every key set the controller sends (the worker keeps the last one on disk,
+    /// so a restart while the controller is away still admits tokens).
+    pub on_keys: Option<Arc<dyn Fn(&[Vec<u8>]) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -214,6 +217,9 @@ pub async fn run_link(
                     heartbeat_ms,
                 } => {
                     apply_keys(&worker, &keys);
+                    if let Some(f) = &cfg.on_keys {
+                        f(&keys);
+                    }
                     for (id, expires) in cancels {
                         worker.cancel_session(&id, expires);
                     }
@@ -238,7 +244,12 @@ pub async fn run_link(
             loop {
                 tokio::select! {
                     m = read_msg(&mut r, &mut buf) => match m? {
-                        ToWorker::Keys { keys } => apply_keys(&worker, &keys),
+                        ToWorker::Keys { keys } => {
+                            apply_keys(&worker, &keys);
+                            if let Some(f) = &cfg.on_keys {
+                                f(&keys);
+                            }
+                        }
                         ToWorker::Cancel { session_id, expires_at } => {
                             worker.cancel_session(&session_id, expires_at)
                         }

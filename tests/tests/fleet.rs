@@ -397,3 +397,65 @@ fn rotating_keys_keeps_live_sessions_and_issued_tokens_working() {
     ssh_echo(&sshd, after.port, "after-restart");
     ssh_echo(&sshd, old.port, "old-token-after-restart");
 }
+
+#[test]
+fn a_worker_restarted_while_the_controller_is_down_still_admits_tokens() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let mut dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let out = dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        TARGET,
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let authz = v["item"]["authorization_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let _ = dev.proc.child.kill();
+    let _ = dev.proc.child.wait();
+    // Same identity and port, new process; the controller is still down.
+    worker.proc.stop();
+    let args: Vec<String> = worker.args[..worker.args.len() - 2].to_vec();
+    let mut restarted = Proc::spawn({
+        let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
+        c.args(&args);
+        c
+    });
+    wait_for(
+        "the restarted worker to listen",
+        Duration::from_secs(30),
+        || {
+            restarted
+                .stderr()
+                .contains("worker listening")
+                .then_some(())
+        },
+    );
+    let conn = Connect::start(&dev, &["connect", "-authz-token", &authz]);
+    ssh_echo(&sshd, conn.port, "no-controller-needed");
+
+    // When the controller returns, the worker links and reports the session.
+    dev.restart_server(&setup);
+    wait_for("the worker to link", Duration::from_secs(30), || {
+        restarted
+            .stderr()
+            .contains("linked to the controller")
+            .then_some(())
+    });
+    let sid = conn.session_id.clone();
+    wait_for("the session's events", Duration::from_secs(20), || {
+        (dev.session_json(&sid)["connections"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()))
+        .then_some(())
+    });
+    restarted.stop();
+}

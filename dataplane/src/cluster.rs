@@ -29,6 +29,9 @@ const MAX_PENDING_EVENTS: usize = 1_000_000;
 /// Events per batch at most.
 const MAX_BATCH: usize = 2_000;
 
+/// Called with each key set the controller sends.
+pub type KeysHook = Arc<dyn Fn(&[Vec<u8>]) + Send + Sync>;
+
 /// What a worker needs to link to its controller.
 #[derive(Clone)]
 pub struct LinkConfig {
@@ -50,7 +53,7 @@ pub struct LinkConfig {
     pub tags: BTreeMap<String, Vec<String>>,
     /// Called with every key set the controller sends (the worker keeps the last one on disk,
     /// so a restart while the controller is away still admits tokens).
-    pub on_keys: Option<Arc<dyn Fn(&[Vec<u8>]) + Send + Sync>>,
+    pub on_keys: Option<KeysHook>,
 }
 
 impl std::fmt::Debug for LinkConfig {

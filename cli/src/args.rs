@@ -351,6 +351,9 @@ pub struct CreateTcp {
 
 #[derive(Debug, Subcommand)]
 pub enum HostCatalogs {
+    /// Change a name, description (or a host's address); stale versions are refused
+    #[command(subcommand)]
+    Update(UpdateStatic),
     /// Create a host catalog
     #[command(subcommand)]
     Create(CreateStaticCatalog),
@@ -383,6 +386,9 @@ pub enum CreateStaticCatalog {
 
 #[derive(Debug, Subcommand)]
 pub enum Hosts {
+    /// Change a name, description (or a host's address); stale versions are refused
+    #[command(subcommand)]
+    Update(UpdateStatic),
     /// Create a host
     #[command(subcommand)]
     Create(CreateStaticHost),
@@ -418,6 +424,9 @@ pub enum CreateStaticHost {
 
 #[derive(Debug, Subcommand)]
 pub enum HostSets {
+    /// Change a name, description (or a host's address); stale versions are refused
+    #[command(subcommand)]
+    Update(UpdateStatic),
     /// Create a host set
     #[command(subcommand)]
     Create(CreateStaticSet),
@@ -529,6 +538,27 @@ pub enum CreateAccount {
         #[arg(long)]
         user_id: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateStatic {
+    Static(UpdateStaticArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateStaticArgs {
+    #[arg(long)]
+    pub id: String,
+    /// The version being changed (default: the current one, read first)
+    #[arg(long)]
+    pub version: Option<u32>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Hosts only: the new address, without a port
+    #[arg(long)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -62,6 +62,30 @@ pub async fn version_of(api: &Api, path: &str, given: Option<u32>) -> anyhow::Re
         .ok_or_else(|| anyhow!("{path} has no version"))
 }
 
+async fn update_static(
+    api: &Api,
+    common: &Common,
+    collection: &str,
+    title: &str,
+    crate::args::UpdateStatic::Static(a): crate::args::UpdateStatic,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/{collection}/{}", a.id);
+    let version = version_of(api, &path, a.version).await?;
+    let mut body = json!({"version": version});
+    if let Some(n) = a.name {
+        body["name"] = json!(n);
+    }
+    if let Some(d) = a.description {
+        body["description"] = json!(d);
+    }
+    if let Some(addr) = a.address {
+        body["attributes"] = json!({"address": addr});
+    }
+    let v = api.call(Method::PATCH, &path, Some(body)).await?;
+    show(common, title, &v);
+    Ok(())
+}
+
 pub async fn host_catalogs(common: &Common, c: HostCatalogs) -> anyhow::Result<ExitCode> {
     let api = Api::authed(common)?;
     match c {
@@ -75,6 +99,9 @@ pub async fn host_catalogs(common: &Common, c: HostCatalogs) -> anyhow::Result<E
                 .call(Method::POST, "/v1/host-catalogs", Some(body))
                 .await?;
             show(common, "Host catalog", &v);
+        }
+        HostCatalogs::Update(u) => {
+            update_static(&api, common, "host-catalogs", "Host catalog", u).await?
         }
         HostCatalogs::List { scope_id } => {
             let v = api
@@ -115,6 +142,7 @@ pub async fn hosts(common: &Common, h: Hosts) -> anyhow::Result<ExitCode> {
             let v = api.call(Method::POST, "/v1/hosts", Some(body)).await?;
             show(common, "Host", &v);
         }
+        Hosts::Update(u) => update_static(&api, common, "hosts", "Host", u).await?,
         Hosts::List { host_catalog_id } => {
             let v = api
                 .call(
@@ -168,6 +196,7 @@ pub async fn host_sets(common: &Common, h: HostSets) -> anyhow::Result<ExitCode>
             let v = api.call(Method::POST, "/v1/host-sets", Some(body)).await?;
             show(common, "Host set", &v);
         }
+        HostSets::Update(u) => update_static(&api, common, "host-sets", "Host set", u).await?,
         HostSets::List { host_catalog_id } => {
             let v = api
                 .call(

@@ -90,15 +90,21 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route(
             "/v1/host-catalogs/{id}",
-            get(read_host_catalog).delete(delete_host_catalog),
+            get(read_host_catalog)
+                .patch(update_host_catalog)
+                .delete(delete_host_catalog),
         )
         .route("/v1/hosts", get(list_hosts).post(create_host))
-        .route("/v1/hosts/{id}", get(read_host).delete(delete_host))
+        .route(
+            "/v1/hosts/{id}",
+            get(read_host).patch(update_host).delete(delete_host),
+        )
         .route("/v1/host-sets", get(list_host_sets).post(create_host_set))
         .route(
             "/v1/host-sets/{id}",
             get(read_host_set)
                 .post(host_set_action)
+                .patch(update_host_set)
                 .delete(delete_host_set),
         )
         .route(
@@ -1055,4 +1061,46 @@ async fn list_accounts(
         .ok_or_else(|| ApiError::bad_request("auth_method_id is required"))?;
     let items: Vec<Value> = c.list_accounts(&p, &am)?.iter().map(account_json).collect();
     Ok(Json(json!({ "items": items })))
+}
+
+async fn update_host_resource(
+    c: &Controller,
+    headers: &HeaderMap,
+    id: &str,
+    body: &str,
+) -> Result<(), ApiError> {
+    let p = principal(c, headers)?;
+    let u: crate::resources::HostUpdate = parse_body(body)?;
+    static_only(&u.kind)?;
+    c.update_host_resource(&p, id, u).await.map(|_| ())
+}
+
+async fn update_host_catalog(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(catalog_json(&c.read_host_catalog(&id)?)))
+}
+
+async fn update_host(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(host_json(&c.read_host(&id)?)))
+}
+
+async fn update_host_set(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(host_set_json(&c.read_host_set(&id)?)))
 }

@@ -876,6 +876,94 @@ impl Controller {
     }
 }
 
+/// Fields of a host catalog, host or host set update; absent ones keep their value.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostUpdate {
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub attributes: Option<HostUpdateAttributes>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostUpdateAttributes {
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+impl Controller {
+    /// Changes a host catalog, host or host set by id (admin only); stale versions get 409.
+    /// A host's new address applies to sessions authorized from then on.
+    pub async fn update_host_resource(
+        &self,
+        p: &Principal,
+        id: &str,
+        u: HostUpdate,
+    ) -> Result<serde_json::Value, ApiError> {
+        require_admin(p, "change host resources")?;
+        if let Some(n) = &u.name {
+            check_name(n)?;
+        }
+        let address = u.attributes.and_then(|a| a.address);
+        if let Some(a) = &address {
+            check_address(a)?;
+        }
+        let now = Timestamp::now();
+        macro_rules! apply {
+            ($r:expr) => {{
+                let r = $r;
+                check_version(id, r.version, u.version)?;
+                if let Some(n) = u.name {
+                    r.name = n;
+                }
+                if let Some(d) = u.description {
+                    r.description = d;
+                }
+                r.version += 1;
+                r.updated_time = now;
+            }};
+        }
+        let (value, done) = {
+            let mut st = self.state();
+            let (bytes, value) = if let Some(c) = st.catalogs.get_mut(id) {
+                if address.is_some() {
+                    return Err(ApiError::bad_request("a host catalog has no address"));
+                }
+                apply!(&mut *c);
+                (enc(&*c), serde_json::to_value(&*c))
+            } else if let Some(h) = st.hosts.get_mut(id) {
+                apply!(&mut *h);
+                if let Some(a) = address {
+                    h.address = a.trim().into();
+                }
+                (enc(&*h), serde_json::to_value(&*h))
+            } else if let Some(h) = st.host_sets.get_mut(id) {
+                if address.is_some() {
+                    return Err(ApiError::bad_request(
+                        "a host set has no address; change its hosts",
+                    ));
+                }
+                apply!(&mut *h);
+                (enc(&*h), serde_json::to_value(&*h))
+            } else {
+                return Err(ApiError::not_found(format!("{id} not found")));
+            };
+            let done = self.persist(vec![Write::Put(Table::Resources, id.to_owned(), bytes)]);
+            (value.map_err(|e| ApiError::internal(e.to_string()))?, done)
+        };
+        done.await?;
+        Ok(value)
+    }
+}
+
 fn apply_change(list: &mut Vec<String>, change: ListChange, ids: Vec<String>) {
     match change {
         ListChange::Add => {

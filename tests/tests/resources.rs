@@ -194,6 +194,74 @@ fn resources_built_from_the_cli_carry_sessions_and_refuse_bad_input() {
         "not found",
     );
 
+    // Updates: versions move, stale ones are refused, a host keeps refusing a port.
+    let out = dev.ok(&[
+        "hosts", "update", "static", "-id", &host, "-name", "renamed",
+    ]);
+    assert_eq!(
+        Dev::field(&out, "Name").as_deref(),
+        Some("renamed"),
+        "{out}"
+    );
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("2"), "{out}");
+    fails_with(
+        &dev,
+        &[
+            "hosts", "update", "static", "-id", &host, "-version", "1", "-name", "x",
+        ],
+        "HTTP 409",
+    );
+    fails_with(
+        &dev,
+        &[
+            "hosts",
+            "update",
+            "static",
+            "-id",
+            &host,
+            "-address",
+            "127.0.0.1:2222",
+        ],
+        "without a port",
+    );
+    let out = dev.ok(&[
+        "host-sets",
+        "update",
+        "static",
+        "-id",
+        &set,
+        "-description",
+        "the set",
+    ]);
+    assert_eq!(
+        Dev::field(&out, "Description").as_deref(),
+        Some("the set"),
+        "{out}"
+    );
+    let out = dev.ok(&[
+        "host-catalogs",
+        "update",
+        "static",
+        "-id",
+        &cat,
+        "-name",
+        "cat2",
+    ]);
+    assert_eq!(Dev::field(&out, "Name").as_deref(), Some("cat2"), "{out}");
+    fails_with(
+        &dev,
+        &[
+            "host-sets",
+            "update",
+            "static",
+            "-id",
+            &set,
+            "-address",
+            "10.0.0.1",
+        ],
+        "has no address",
+    );
+
     // The unprivileged user may not create resources.
     let out = dev.sluice(&[
         "authenticate",

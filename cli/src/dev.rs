@@ -12,7 +12,6 @@ use sluice_controlplane::controller::dev_ids;
 use sluice_controlplane::pki::{generate_worker_identity, WorkerIdentity};
 use sluice_controlplane::{Controller, DevSeed, RedbStore, WorkerInfo, WorkerLink};
 use sluice_dataplane::{tls, Worker, WorkerConfig, WorkerHandle};
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::args::DevArgs;
@@ -210,14 +209,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    };
+    let shutdown = crate::dev::shutdown_signal()?;
     axum::serve(
         listener,
         sluice_controlplane::api::router(controller.clone()),
@@ -236,6 +228,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     drop(controller);
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM (the signal handlers are installed now, so a signal that
+/// arrives before the future is awaited is not lost).
+pub(crate) fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    })
 }
 
 /// Ends, every second, the sessions no worker will report on (expired, unconfirmed cancels,

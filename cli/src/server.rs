@@ -33,7 +33,6 @@ use anyhow::Context;
 use serde::Deserialize;
 use sluice_controlplane::controller::dev_ids;
 use sluice_controlplane::{Controller, DevSeed, RedbStore, Store};
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::args::ServerArgs;
@@ -259,14 +258,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    };
+    let shutdown = crate::dev::shutdown_signal()?;
     let router = sluice_controlplane::api::router(controller.clone());
     match tls {
         Some(tls) => {

@@ -28,7 +28,6 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::cluster::{activate, run_link, LinkConfig};
 use sluice_dataplane::{tls, Worker, WorkerConfig};
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::args::WorkerArgs;
@@ -270,12 +269,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {}
-    }
+    crate::dev::shutdown_signal()?.await;
     info!("shutting down");
     tokio::task::spawn_blocking(move || worker.shutdown()).await?;
     // Give the link a moment to deliver the closing events.

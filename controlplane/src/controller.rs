@@ -178,11 +178,14 @@ fn load<T: DeserializeOwned>(store: &dyn Store, table: Table) -> anyhow::Result<
     Ok(out)
 }
 
-pub(crate) fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// Lowercase hex of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Lowercase hex of the SHA-256 of `b`.
+pub(crate) fn sha256_hex(b: impl AsRef<[u8]>) -> String {
+    hex(&Sha256::digest(b.as_ref()))
 }
 
 pub(crate) fn hash_password(password: &str) -> String {
@@ -520,11 +523,7 @@ impl Controller {
         id: &str,
         u: crate::api::TargetUpdate,
     ) -> Result<Target, ApiError> {
-        if !p.user.admin {
-            return Err(ApiError::forbidden(
-                "only an administrator may change targets",
-            ));
-        }
+        crate::resources::require_admin(p, "change targets")?;
         let filter = match u.egress_worker_filter.as_deref() {
             Some("") => Some(None),
             Some(f) => {
@@ -541,21 +540,7 @@ impl Controller {
                 .targets
                 .get_mut(id)
                 .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
-            match u.version {
-                None => {
-                    return Err(ApiError::bad_request(format!(
-                        "version is required; read target {id} and pass its version (now {})",
-                        t.version
-                    )))
-                }
-                Some(v) if v != t.version => {
-                    return Err(ApiError::conflict(format!(
-                        "target {id} is at version {}, not {v}; read it again and retry",
-                        t.version
-                    )))
-                }
-                Some(_) => {}
-            }
+            crate::resources::check_version(id, t.version, u.version)?;
             let mut n = t.clone();
             if let Some(v) = u.name {
                 n.name = v;

@@ -12,10 +12,13 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use crate::api::ApiError;
-use crate::controller::{enc, Controller, LinkState, Principal, WorkerInfo, WorkerLink};
+use crate::controller::{
+    enc, hex, sha256_hex, Controller, LinkState, Principal, WorkerInfo, WorkerLink,
+};
 use crate::filter::Filter;
 use crate::ids::new_id;
 use crate::model::{SessionStatus, Target, Worker};
+use crate::resources::require_admin;
 use crate::sessions;
 use crate::store::{Table, Write};
 
@@ -58,16 +61,6 @@ impl WorkerLink for NetLink {
 pub struct LinkAccepted {
     pub generation: u64,
     pub welcome: ToWorker,
-}
-
-fn require_admin(p: &Principal) -> Result<(), ApiError> {
-    if p.user.admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "only an administrator may manage workers",
-        ))
-    }
 }
 
 impl Controller {
@@ -115,7 +108,7 @@ impl Controller {
     /// Replaces the token-signing key (admin only). Tokens signed with the old key stay valid
     /// until the last of them expires; every worker gets the new key set at once.
     pub async fn rotate_keys(&self, p: &Principal) -> Result<(), ApiError> {
-        require_admin(p)?;
+        require_admin(p, "rotate keys")?;
         let now = Timestamp::now();
         let seed: [u8; 32] = rand::random();
         let new = sluice_proto::TokenSigner::from_seed(&seed);
@@ -205,7 +198,7 @@ impl Controller {
         name: &str,
         description: &str,
     ) -> Result<(Worker, String), ApiError> {
-        require_admin(p)?;
+        require_admin(p, "manage workers")?;
         if name.len() > 128 || description.len() > 1024 {
             return Err(ApiError::bad_request(
                 "a worker name is at most 128 characters and a description at most 1024",
@@ -231,7 +224,7 @@ impl Controller {
                 created_time: now,
                 updated_time: now,
                 version: 1,
-                activation_sha256: Some(sha256_bytes_hex(&secret)),
+                activation_sha256: Some(sha256_hex(secret)),
                 cert_sha256: None,
                 boot_id: 0,
             };
@@ -285,7 +278,7 @@ impl Controller {
 
     /// Every worker (records, and the in-process dev worker).
     pub fn list_workers(&self, p: &Principal) -> Result<Vec<WorkerView>, ApiError> {
-        require_admin(p)?;
+        require_admin(p, "manage workers")?;
         let mut workers: Vec<Worker> = self.state().workers.values().cloned().collect();
         // The dev worker has no record; show it from its link.
         for l in self
@@ -326,7 +319,7 @@ impl Controller {
     /// Deletes a worker: its certificate stops being accepted, its link is closed and its
     /// sessions are canceled.
     pub async fn delete_worker(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
-        require_admin(p)?;
+        require_admin(p, "manage workers")?;
         let now = Timestamp::now();
         let done = {
             let mut st = self.state();
@@ -351,10 +344,11 @@ impl Controller {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
         {
-            let expires = (now + SignedDuration::from_hours(24)).as_second() as u64;
             let st = self.state();
             for s in st.sessions.values().filter(|s| s.worker_id == id) {
-                l.info.link.cancel_session(&s.id, expires);
+                l.info
+                    .link
+                    .cancel_session(&s.id, s.expiration_time.as_second() as u64);
             }
         }
         info!(worker_id = %id, "worker deleted");
@@ -383,13 +377,13 @@ impl Controller {
                 .activation_sha256
                 .as_deref()
                 .ok_or("this activation token was already used; create a new worker")?;
-            let presented = sha256_bytes_hex(&token.secret);
+            let presented = sha256_hex(token.secret);
             if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
                 return Err("the activation token is not valid".into());
             }
             let cert = self.ca.sign_worker(&w.id, public_key)?;
             w.activation_sha256 = None;
-            w.cert_sha256 = Some(sha256_bytes_hex(&cert));
+            w.cert_sha256 = Some(sha256_hex(&cert));
             w.updated_time = now;
             w.version += 1;
             let done = self.persist(vec![Write::Put(Table::Resources, w.id.clone(), enc(&*w))]);
@@ -561,13 +555,4 @@ fn end_orphaned(s: &mut crate::model::Session, reason: TerminationReason, now: T
         });
     }
     sessions::terminate(s, reason, now)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn sha256_bytes_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(b))
 }

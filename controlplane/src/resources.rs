@@ -42,7 +42,7 @@ pub enum ListChange {
     Set,
 }
 
-fn require_admin(p: &Principal, what: &str) -> Result<(), ApiError> {
+pub(crate) fn require_admin(p: &Principal, what: &str) -> Result<(), ApiError> {
     if p.user.admin {
         Ok(())
     } else {
@@ -52,7 +52,7 @@ fn require_admin(p: &Principal, what: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_version(id: &str, current: u32, given: Option<u32>) -> Result<(), ApiError> {
+pub(crate) fn check_version(id: &str, current: u32, given: Option<u32>) -> Result<(), ApiError> {
     match given {
         None => Err(ApiError::bad_request(format!(
             "version is required; read {id} and pass its version (now {current})"

@@ -275,10 +275,9 @@ pub async fn run_link(
                                 Err(_) => break,
                             }
                         }
+                        pending_events += batch.len();
+                        unacked.push_back((next_batch, batch.clone()));
                         let m = ToController::Events { batch: next_batch, events: batch };
-                        let ToController::Events { events: evs, .. } = &m else { unreachable!() };
-                        pending_events += evs.len();
-                        unacked.push_back((next_batch, evs.clone()));
                         next_batch += 1;
                         send(&mut w, &m).await.map_err(|e| e.to_string())?;
                     }

@@ -501,6 +501,19 @@ impl WorkerProc {
         });
     }
 
+    /// Stops the worker (SIGTERM) and starts it again with the identity it stored at
+    /// activation and without its activation token; the new process is returned.
+    pub fn restart_from_identity(&mut self) -> Proc {
+        self.proc.stop();
+        // `start` puts the activation token last.
+        let end = self
+            .args
+            .iter()
+            .position(|a| a == "-activation-token")
+            .unwrap_or(self.args.len());
+        Self::spawn(&self.args[..end])
+    }
+
     /// Kills the worker with SIGKILL.
     pub fn kill9(&mut self) {
         let _ = self.proc.child.kill();

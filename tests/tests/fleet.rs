@@ -307,12 +307,7 @@ fn activation_tokens_work_once_and_deleted_workers_are_shut_out() {
     );
 
     // A worker restarted with its stored identity links without a token.
-    worker.proc.stop();
-    let mut restarted = Proc::spawn({
-        let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
-        c.args(&worker.args[..worker.args.len() - 2]);
-        c
-    });
+    let mut restarted = worker.restart_from_identity();
     wait_for(
         "the restarted worker to link",
         Duration::from_secs(30),
@@ -422,13 +417,7 @@ fn a_worker_restarted_while_the_controller_is_down_still_admits_tokens() {
     let _ = dev.proc.child.kill();
     let _ = dev.proc.child.wait();
     // Same identity and port, new process; the controller is still down.
-    worker.proc.stop();
-    let args: Vec<String> = worker.args[..worker.args.len() - 2].to_vec();
-    let mut restarted = Proc::spawn({
-        let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
-        c.args(&args);
-        c
-    });
+    let mut restarted = worker.restart_from_identity();
     wait_for(
         "the restarted worker to listen",
         Duration::from_secs(30),

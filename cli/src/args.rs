@@ -235,6 +235,45 @@ pub enum Workers {
 
 #[derive(Debug, Subcommand)]
 pub enum Scopes {
+    /// Create an org (in global) or a project (in an org)
+    Create {
+        /// The parent: global for an org, an org id for a project
+        #[arg(long, default_value = "global")]
+        scope_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the scopes in a scope (global lists orgs)
+    List {
+        #[arg(long, default_value = "global")]
+        scope_id: String,
+        /// Also list the projects of the orgs
+        #[arg(long)]
+        recursive: bool,
+    },
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Change a name or description; stale versions are refused
+    Update {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// The version you read; without it the current one is read first
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Delete a scope with everything in it; its sessions are canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
     /// Replace the token-signing key; tokens already issued stay valid until they expire
     RotateKeys {
         #[arg(long, default_value = "global")]
@@ -708,9 +747,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logout => crate::resources::logout(&common).await,
         Command::Users(u) => crate::resources::users(&common, u).await,
         Command::Accounts(a) => crate::resources::accounts(&common, a).await,
-        Command::Scopes(crate::args::Scopes::RotateKeys { scope_id }) => {
-            crate::api::rotate_keys(&common, &scope_id).await
-        }
+        Command::Scopes(s) => crate::resources::scopes(&common, s).await,
         Command::Authenticate(Authenticate::Password(a)) => {
             crate::api::authenticate(&common, a).await
         }

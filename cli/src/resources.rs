@@ -86,6 +86,66 @@ async fn update_static(
     Ok(())
 }
 
+pub async fn scopes(common: &Common, s: crate::args::Scopes) -> anyhow::Result<ExitCode> {
+    use crate::args::Scopes;
+    let api = Api::authed(common)?;
+    match s {
+        Scopes::Create {
+            scope_id,
+            name,
+            description,
+        } => {
+            let body = json!({"scope_id": scope_id, "name": name, "description": description});
+            let v = api.call(Method::POST, "/v1/scopes", Some(body)).await?;
+            show(common, "Scope", &v);
+        }
+        Scopes::List {
+            scope_id,
+            recursive,
+        } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/scopes?scope_id={scope_id}&recursive={recursive}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Scope", "No child scopes found", &v);
+        }
+        Scopes::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/scopes/{id}"), None)
+                .await?;
+            show(common, "Scope", &v);
+        }
+        Scopes::Update {
+            id,
+            name,
+            description,
+            version,
+        } => {
+            let path = format!("/v1/scopes/{id}");
+            let version = version_of(&api, &path, version).await?;
+            let mut body = json!({"version": version});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            let v = api.call(Method::PATCH, &path, Some(body)).await?;
+            show(common, "Scope", &v);
+        }
+        Scopes::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/scopes/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+        Scopes::RotateKeys { scope_id } => return crate::api::rotate_keys(common, &scope_id).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn host_catalogs(common: &Common, c: HostCatalogs) -> anyhow::Result<ExitCode> {
     let api = Api::authed(common)?;
     match c {

@@ -122,7 +122,14 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/accounts", get(list_accounts).post(create_account))
         .route("/v1/workers:create:controller-led", post(create_worker))
         .route("/v1/workers", get(list_workers))
-        .route("/v1/scopes/{id_action}", post(scope_action))
+        .route("/v1/scopes", get(list_scopes).post(create_scope))
+        .route(
+            "/v1/scopes/{id_action}",
+            get(read_scope)
+                .post(scope_action)
+                .patch(update_scope)
+                .delete(delete_scope),
+        )
         .route("/v1/workers/{id}", get(read_worker).delete(delete_worker))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", get(read_session).post(session_action))
@@ -221,6 +228,113 @@ struct ScopeQuery {
 
 fn scope_json(s: &Scope) -> Value {
     json!({"id": s.id, "type": s.kind, "name": s.name, "description": s.description, "parent_scope_id": s.parent_scope_id})
+}
+
+/// A scope as `scopes read/list` show it: with its parent as `scope`.
+fn scope_item_json(c: &Controller, s: &Scope) -> Value {
+    let parent = c
+        .read_scope(&s.parent_scope_id)
+        .map(|p| scope_json(&p))
+        .unwrap_or(Value::Null);
+    json!({"id": s.id, "scope_id": s.parent_scope_id, "scope": parent, "type": s.kind,
+           "name": s.name, "description": s.description, "version": s.version,
+           "created_time": s.created_time, "updated_time": s.updated_time,
+           "authorized_actions": ["no-op", "read", "update", "delete"]})
+}
+
+#[derive(Deserialize)]
+struct ScopeListQuery {
+    #[serde(default)]
+    scope_id: Option<String>,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ScopeBody {
+    #[serde(default)]
+    scope_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+async fn create_scope(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: ScopeBody = parse_body(&body)?;
+    let parent = b
+        .scope_id
+        .ok_or_else(|| ApiError::bad_request("scope_id (the parent scope) is required"))?;
+    let s = c
+        .create_scope(
+            &p,
+            &parent,
+            b.name.as_deref().unwrap_or_default(),
+            b.description.as_deref().unwrap_or_default(),
+        )
+        .await?;
+    Ok(item(scope_item_json(&c, &s)))
+}
+
+async fn list_scopes(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Query(q): Query<ScopeListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    let parent = q.scope_id.unwrap_or_else(|| "global".into());
+    let items: Vec<Value> = c
+        .list_scopes(&parent, q.recursive)?
+        .iter()
+        .map(|s| scope_item_json(&c, s))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_scope(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal(&c, &headers)?;
+    Ok(item(scope_item_json(&c, &c.read_scope(&id)?)))
+}
+
+async fn update_scope(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let b: ScopeBody = parse_body(&body)?;
+    if b.scope_id.is_some() {
+        return Err(ApiError::bad_request(
+            "a scope cannot move to another parent; create a new one",
+        ));
+    }
+    let s = c
+        .update_scope(&p, &id, b.version, b.name, b.description)
+        .await?;
+    Ok(item(scope_item_json(&c, &s)))
+}
+
+async fn delete_scope(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_scope(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn target_json(c: &Controller, t: &Target) -> Value {

@@ -947,6 +947,9 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         name: "Generated org scope".into(),
         description: "Provides an initial org scope in Sluice".into(),
         parent_scope_id: "global".into(),
+        version: 1,
+        created_time: now,
+        updated_time: now,
     };
     let project = Scope {
         id: PROJECT.into(),
@@ -954,6 +957,9 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
         name: "Generated project scope".into(),
         description: "Provides an initial project scope in Sluice".into(),
         parent_scope_id: ORG.into(),
+        version: 1,
+        created_time: now,
+        updated_time: now,
     };
     for s in [org, project] {
         put(&s.id, enc(&s));

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod model;
 pub mod pki;
 pub mod resources;
+pub mod scopes;
 pub mod sessions;
 pub mod store;
 

@@ -15,6 +15,12 @@ pub struct Scope {
     #[serde(default)]
     pub description: String,
     pub parent_scope_id: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default = "epoch")]
+    pub created_time: Timestamp,
+    #[serde(default = "epoch")]
+    pub updated_time: Timestamp,
 }
 
 /// A user.

@@ -21,12 +21,16 @@ fn fails_with(dev: &Dev, args: &[&str], want: &str) {
 
 /// A catalog, a host at 127.0.0.1, a set holding it, and a target using the set.
 fn build_target(dev: &Dev, sshd: &Sshd, name: &str) -> (String, String, String) {
+    build_target_in(dev, sshd, name, PROJECT)
+}
+
+fn build_target_in(dev: &Dev, sshd: &Sshd, name: &str, project: &str) -> (String, String, String) {
     let cat = id_of(&dev.ok(&[
         "host-catalogs",
         "create",
         "static",
         "-scope-id",
-        PROJECT,
+        project,
         "-name",
         name,
     ]));
@@ -58,7 +62,7 @@ fn build_target(dev: &Dev, sshd: &Sshd, name: &str) -> (String, String, String) 
         "create",
         "tcp",
         "-scope-id",
-        PROJECT,
+        project,
         "-name",
         name,
         "-default-port",
@@ -464,5 +468,130 @@ fn users_and_accounts_are_managed_and_a_deleted_user_loses_its_sessions() {
         p.stderr().contains("invalid or has expired"),
         "{}",
         p.stderr()
+    );
+}
+
+#[test]
+fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+    let org = id_of(&dev.ok(&[
+        "scopes",
+        "create",
+        "-scope-id",
+        "global",
+        "-name",
+        "engineering",
+        "-description",
+        "the engineers",
+    ]));
+    assert!(org.starts_with("o_"), "{org}");
+    let out = dev.ok(&["scopes", "create", "-scope-id", &org, "-name", "staging"]);
+    let project = id_of(&out);
+    assert!(project.starts_with("p_"), "{project}");
+    assert_eq!(Dev::field(&out, "Type").as_deref(), Some("project"));
+    assert_eq!(Dev::field(&out, "Scope ID"), Some(org.clone()));
+
+    // Listing: global shows orgs; recursive adds their projects.
+    let orgs = dev.ok(&["scopes", "list"]);
+    assert!(orgs.contains(&org) && !orgs.contains(&project), "{orgs}");
+    let all = dev.ok(&["scopes", "list", "-recursive"]);
+    assert!(all.contains(&org) && all.contains(&project), "{all}");
+    assert!(dev
+        .ok(&["scopes", "list", "-scope-id", &org])
+        .contains(&project));
+
+    // Updates carry versions; a stale one is refused and changes nothing.
+    let out = dev.ok(&["scopes", "update", "-id", &org, "-name", "eng"]);
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("2"));
+    fails_with(
+        &dev,
+        &[
+            "scopes", "update", "-id", &org, "-name", "other", "-version", "1",
+        ],
+        "not 1",
+    );
+    let read = dev.ok(&["scopes", "read", "-id", &org]);
+    assert_eq!(Dev::field(&read, "Name").as_deref(), Some("eng"));
+
+    // Refusals say why.
+    fails_with(
+        &dev,
+        &["scopes", "create", "-scope-id", &project, "-name", "x"],
+        "projects hold no scopes",
+    );
+    fails_with(
+        &dev,
+        &["scopes", "create", "-scope-id", "o_nothere00", "-name", "x"],
+        "not found",
+    );
+    fails_with(
+        &dev,
+        &["scopes", "create", "-scope-id", &org, "-name", "staging"],
+        "already exists",
+    );
+    fails_with(
+        &dev,
+        &["scopes", "delete", "-id", "global"],
+        "cannot be deleted",
+    );
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "create",
+            "tcp",
+            "-scope-id",
+            &org,
+            "-name",
+            "t",
+            "-default-port",
+            "22",
+        ],
+        "not one",
+    );
+
+    // A session through a target of the new project; deleting the org cancels it and removes
+    // the project with its catalog, hosts, sets and target.
+    let (host, _, target) = build_target_in(&dev, &sshd, "in-org", &project);
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", &target]);
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh to start", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    let out = dev.ok(&["scopes", "delete", "-id", &org]);
+    assert!(out.contains("delete operation completed"), "{out}");
+    assert!(
+        !live.wait(Duration::from_secs(15)).success(),
+        "ssh was not cut"
+    );
+    conn.proc.wait(Duration::from_secs(15));
+    assert!(
+        conn.proc.stdout().contains("Session was canceled"),
+        "{}",
+        conn.proc.stdout()
+    );
+    for (what, id) in [("scopes", &project), ("targets", &target), ("hosts", &host)] {
+        fails_with(&dev, &[what, "read", "-id", id], "not found");
+    }
+    assert!(!dev.ok(&["scopes", "list", "-recursive"]).contains(&org));
+
+    // The unprivileged user may read scopes but not create them.
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "user",
+        "-password",
+        "password",
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let user_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    fails_with(
+        &dev,
+        &["scopes", "create", "-name", "mine", "-token", &user_token],
+        "only an administrator",
     );
 }

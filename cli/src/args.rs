@@ -112,6 +112,9 @@ pub enum Command {
     HostSets(HostSets),
     /// Revoke the stored auth token and forget it
     Logout,
+    /// Auth tokens (yours; every one for an administrator)
+    #[command(subcommand)]
+    AuthTokens(AuthTokens),
     /// Users
     #[command(subcommand)]
     Users(Users),
@@ -184,6 +187,9 @@ pub struct ServerArgs {
     /// Overrides `[cluster] address`
     #[arg(long)]
     pub cluster_addr: Option<String>,
+    /// Overrides `auth_token_time_to_live` (for example 168h or 30m)
+    #[arg(long)]
+    pub auth_token_ttl: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -498,6 +504,24 @@ pub enum CreateStaticSet {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuthTokens {
+    /// List the auth tokens that have not expired
+    List {
+        #[arg(long, default_value = "global")]
+        scope_id: String,
+    },
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Revoke an auth token; its sessions are canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
     /// Everything
@@ -745,6 +769,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts(h) => crate::resources::hosts(&common, h).await,
         Command::HostSets(h) => crate::resources::host_sets(&common, h).await,
         Command::Logout => crate::resources::logout(&common).await,
+        Command::AuthTokens(t) => crate::resources::auth_tokens(&common, t).await,
         Command::Users(u) => crate::resources::users(&common, u).await,
         Command::Accounts(a) => crate::resources::accounts(&common, a).await,
         Command::Scopes(s) => crate::resources::scopes(&common, s).await,

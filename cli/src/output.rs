@@ -210,7 +210,12 @@ pub fn resource(it: &Value) -> String {
             rows.push((label, s(&it[key])));
         }
     }
-    for (label, key) in [("Role", "role"), ("User ID", "user_id")] {
+    for (label, key) in [
+        ("Role", "role"),
+        ("User ID", "user_id"),
+        ("Auth Method ID", "auth_method_id"),
+        ("Account ID", "account_id"),
+    ] {
         if let Some(v) = it[key].as_str().filter(|v| !v.is_empty()) {
             rows.push((label, v.to_owned()));
         }
@@ -232,6 +237,9 @@ pub fn resource(it: &Value) -> String {
     if !it["created_time"].is_null() {
         rows.push(("Created Time", rfc1123(&it["created_time"])));
         rows.push(("Updated Time", rfc1123(&it["updated_time"])));
+    }
+    if !it["expiration_time"].is_null() {
+        rows.push(("Expiration Time", rfc1123(&it["expiration_time"])));
     }
     block(4, 20, &rows)
 }

@@ -303,6 +303,35 @@ pub async fn logout(common: &Common) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn auth_tokens(common: &Common, t: crate::args::AuthTokens) -> anyhow::Result<ExitCode> {
+    use crate::args::AuthTokens;
+    let api = Api::authed(common)?;
+    match t {
+        AuthTokens::List { scope_id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/auth-tokens?scope_id={scope_id}"),
+                    None,
+                )
+                .await?;
+            show_list(common, "Auth Token", "No auth tokens found", &v);
+        }
+        AuthTokens::Read { id } => {
+            let v = api
+                .call(Method::GET, &format!("/v1/auth-tokens/{id}"), None)
+                .await?;
+            show(common, "Auth Token", &v);
+        }
+        AuthTokens::Delete { id } => {
+            api.call(Method::DELETE, &format!("/v1/auth-tokens/{id}"), None)
+                .await?;
+            deleted(common);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Admin => "admin",

@@ -4,6 +4,7 @@
 //! # controller.toml — every key is optional; these are the defaults.
 //! [controller]
 //! data_dir = "/var/lib/sluice"     # the redb store (sessions, resources, keys, cluster CA)
+//! auth_token_time_to_live = "168h" # how long a new auth token lives ("30m", "12h", "1h30m")
 //!
 //! [api]
 //! address = "127.0.0.1:9200"       # HTTPS API
@@ -72,6 +73,7 @@ impl Default for ApiSection {
 struct ControllerSection {
     name: String,
     data_dir: PathBuf,
+    auth_token_time_to_live: Option<String>,
 }
 
 impl Default for ControllerSection {
@@ -79,6 +81,7 @@ impl Default for ControllerSection {
         Self {
             name: "controller".into(),
             data_dir: "/var/lib/sluice".into(),
+            auth_token_time_to_live: None,
         }
     }
 }
@@ -143,6 +146,20 @@ fn password(given: Option<&str>, what: &str) -> anyhow::Result<(String, bool)> {
     }
 }
 
+/// A Go-style duration such as `168h`, `30m` or `1h30m`, between 1 s and 10 years.
+fn parse_time_to_live(v: &str) -> anyhow::Result<Duration> {
+    let bad = || {
+        anyhow::anyhow!(
+            "auth_token_time_to_live {v:?} is not a duration between 1s and 87600h; write it like \"168h\", \"30m\" or \"1h30m\""
+        )
+    };
+    let d: jiff::SignedDuration = v.trim().parse().map_err(|_| bad())?;
+    if d < jiff::SignedDuration::from_secs(1) || d > jiff::SignedDuration::from_hours(87_600) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(d.as_secs() as u64))
+}
+
 fn addr(v: Option<&str>, default: &str, what: &str) -> anyhow::Result<SocketAddr> {
     let v = v.unwrap_or(default);
     v.parse()
@@ -153,6 +170,14 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     crate::dev::init_logging();
     let cfg: ControllerFile = read_config(a.config.as_deref())?;
     let data_dir = a.data_dir.unwrap_or(cfg.controller.data_dir);
+    let token_ttl = match a
+        .auth_token_ttl
+        .as_deref()
+        .or(cfg.controller.auth_token_time_to_live.as_deref())
+    {
+        Some(v) => Some(parse_time_to_live(v)?),
+        None => None,
+    };
     let api_addr = addr(
         a.api_addr.as_deref().or(cfg.api.address.as_deref()),
         "127.0.0.1:9200",
@@ -219,6 +244,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         move || Controller::open(store, seed.as_ref(), false)
     })
     .await??;
+    if let Some(ttl) = token_ttl {
+        controller.set_auth_token_time_to_live(ttl);
+    }
 
     let cluster = tokio::net::TcpListener::bind(cluster_addr)
         .await
@@ -343,4 +371,30 @@ fn pem_cert(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time_to_live;
+    use std::time::Duration;
+
+    #[test]
+    fn token_lifetimes_read_like_go_durations() {
+        assert_eq!(
+            parse_time_to_live("168h").unwrap(),
+            Duration::from_secs(604_800)
+        );
+        assert_eq!(
+            parse_time_to_live("1h30m").unwrap(),
+            Duration::from_secs(5_400)
+        );
+        assert_eq!(
+            parse_time_to_live(" 45s ").unwrap(),
+            Duration::from_secs(45)
+        );
+        for bad in ["", "7d", "0s", "-1h", "abc", "100000h", "1.5"] {
+            let e = parse_time_to_live(bad).unwrap_err().to_string();
+            assert!(e.contains("168h"), "{bad}: {e}");
+        }
+    }
 }

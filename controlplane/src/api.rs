@@ -109,8 +109,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route(
             "/v1/auth-tokens/{id}",
-            axum::routing::delete(delete_auth_token),
+            get(read_auth_token).delete(delete_auth_token),
         )
+        .route("/v1/auth-tokens", get(list_auth_tokens))
         .route("/v1/users", get(list_users).post(create_user))
         .route(
             "/v1/users/{id}",
@@ -984,6 +985,34 @@ async fn delete_host_set(
     let p = principal(&c, &headers)?;
     c.delete_host_set(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An auth token as `auth-tokens read/list` show it; never its secret.
+fn auth_token_json(t: &crate::model::AuthToken) -> Value {
+    json!({"id": t.id, "scope_id": "global",
+           "scope": {"id": "global", "type": "global", "name": "global"},
+           "user_id": t.user_id, "auth_method_id": t.auth_method_id, "account_id": t.account_id,
+           "created_time": t.created_time, "updated_time": t.created_time,
+           "approximate_last_used_time": t.created_time, "expiration_time": t.expiration_time,
+           "authorized_actions": ["read:self", "delete:self"]})
+}
+
+async fn list_auth_tokens(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    let items: Vec<Value> = c.list_auth_tokens(&p).iter().map(auth_token_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn read_auth_token(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    Ok(item(auth_token_json(&c.read_auth_token(&p, &id)?)))
 }
 
 async fn delete_auth_token(

@@ -155,7 +155,13 @@ pub struct Controller {
     /// When this process started: workers not heard from since are treated as down since then.
     pub(crate) started: Timestamp,
     pub(crate) next_generation: std::sync::atomic::AtomicU64,
+    /// How long a new auth token lives, in seconds.
+    auth_token_ttl_secs: std::sync::atomic::AtomicI64,
 }
+
+/// How long auth tokens live unless configured: 7 days, as Boundary's default.
+pub const DEFAULT_AUTH_TOKEN_TTL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -318,6 +324,9 @@ impl Controller {
             ca,
             started: now,
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            auth_token_ttl_secs: std::sync::atomic::AtomicI64::new(
+                DEFAULT_AUTH_TOKEN_TTL.as_secs() as i64,
+            ),
         });
         if !writes.is_empty() {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -328,6 +337,14 @@ impl Controller {
                 .map_err(|_| anyhow::anyhow!("store closed during startup"))??;
         }
         Ok(controller)
+    }
+
+    /// Sets how long auth tokens issued from now on live (at least a second, at most ten
+    /// years).
+    pub fn set_auth_token_time_to_live(&self, ttl: std::time::Duration) {
+        let secs = ttl.as_secs().clamp(1, 10 * 365 * 24 * 3600) as i64;
+        self.auth_token_ttl_secs
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -444,7 +461,11 @@ impl Controller {
             auth_method_id: auth_method_id.to_owned(),
             secret_sha256: sha256_hex(&secret),
             created_time: now,
-            expiration_time: now + SignedDuration::from_hours(24 * 7),
+            expiration_time: now
+                + SignedDuration::from_secs(
+                    self.auth_token_ttl_secs
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
         };
         let done = {
             let mut st = self.state();

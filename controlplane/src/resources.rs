@@ -566,6 +566,36 @@ impl Controller {
         done.await
     }
 
+    /// Auth tokens: every one for an administrator, your own otherwise. Expired ones are
+    /// left out.
+    pub fn list_auth_tokens(&self, p: &Principal) -> Vec<crate::model::AuthToken> {
+        let now = Timestamp::now();
+        let mut v: Vec<_> = self
+            .state()
+            .auth_tokens
+            .values()
+            .filter(|t| (p.user.admin || t.user_id == p.user.id) && t.expiration_time > now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_time.cmp(&b.created_time).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// One auth token: yours, or any as an administrator.
+    pub fn read_auth_token(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<crate::model::AuthToken, ApiError> {
+        match self.state().auth_tokens.get(id) {
+            Some(t) if t.user_id == p.user.id || p.user.admin => Ok(t.clone()),
+            Some(_) => Err(ApiError::forbidden(format!(
+                "auth token {id} belongs to another user"
+            ))),
+            None => Err(ApiError::not_found(format!("auth token {id} not found"))),
+        }
+    }
+
     /// Revokes an auth token (logout): yours, or any as an administrator. Its sessions are
     /// canceled.
     pub async fn delete_auth_token(&self, p: &Principal, id: &str) -> Result<(), ApiError> {

@@ -321,6 +321,8 @@ pub struct ServerSetup {
     pub cluster_port: u16,
     pub host_address: String,
     pub target_port: u16,
+    /// Put at the top of controller.toml (for example a `[controller]` section).
+    pub controller_toml: String,
 }
 
 impl ServerSetup {
@@ -331,6 +333,7 @@ impl ServerSetup {
             cluster_port: free_port(),
             host_address: "127.0.0.1".into(),
             target_port,
+            controller_toml: String::new(),
         }
     }
 
@@ -343,9 +346,9 @@ impl ServerSetup {
         std::fs::write(
             &config,
             format!(
-                "[initial]\nadmin_password = \"env://SLUICE_TEST_PW\"\nuser_password = \"env://SLUICE_TEST_PW\"\n\
+                "{}[initial]\nadmin_password = \"env://SLUICE_TEST_PW\"\nuser_password = \"env://SLUICE_TEST_PW\"\n\
                  host_address = \"{}\"\ntarget_default_port = {}\n",
-                self.host_address, self.target_port
+                self.controller_toml, self.host_address, self.target_port
             ),
         )
         .unwrap();

@@ -595,3 +595,107 @@ fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
         "only an administrator",
     );
 }
+
+fn login_json(dev: &Dev, login: &str) -> serde_json::Value {
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        login,
+        "-password",
+        "password",
+        "-format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_str(&text(&out.stdout)).unwrap()
+}
+
+#[test]
+fn auth_tokens_are_listed_read_revoked_and_expire_as_configured() {
+    // A lifetime that is not a duration stops the server with the reason.
+    let bad = sluice_e2e::ServerSetup::new(22);
+    let config = bad.data_dir.path().join("bad.toml");
+    std::fs::write(&config, "[controller]\nauth_token_time_to_live = \"7d\"\n").unwrap();
+    let out = std::process::Command::new(sluice_e2e::sluice_bin())
+        .args(["server", "-config"])
+        .arg(&config)
+        .arg("-data-dir")
+        .arg(bad.data_dir.path().join("store"))
+        .args(["-api-addr", "127.0.0.1:0", "-cluster-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("\"7d\" is not a duration"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut setup = sluice_e2e::ServerSetup::new(22);
+    setup.controller_toml = "[controller]\nauth_token_time_to_live = \"6s\"\n".into();
+    let dev = Dev::server(&setup);
+    let user = login_json(&dev, "user");
+    let user_token = user["attributes"]["token"].as_str().unwrap().to_owned();
+    let user_token_id = user["attributes"]["id"].as_str().unwrap().to_owned();
+    let created: jiff::Timestamp = user["attributes"]["created_time"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expires: jiff::Timestamp = user["attributes"]["expiration_time"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(expires.duration_since(created).as_secs(), 6);
+
+    // The administrator sees every token; the user only its own, and reading another's is
+    // refused without showing it.
+    let all = dev.ok(&["auth-tokens", "list"]);
+    assert!(all.contains(&user_token_id), "{all}");
+    assert_eq!(all.matches("Expiration Time").count(), 2, "{all}");
+    let own = dev.ok(&["auth-tokens", "list", "-token", &user_token]);
+    assert_eq!(own.matches("Expiration Time").count(), 1, "{own}");
+    assert!(own.contains(&user_token_id), "{own}");
+    let admin_token_id = all
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ID:"))
+        .map(|v| v.trim().to_owned())
+        .find(|id| *id != user_token_id)
+        .unwrap();
+    fails_with(
+        &dev,
+        &[
+            "auth-tokens",
+            "read",
+            "-id",
+            &admin_token_id,
+            "-token",
+            &user_token,
+        ],
+        "belongs to another user",
+    );
+    let read = dev.ok(&["auth-tokens", "read", "-id", &user_token_id]);
+    assert_eq!(
+        Dev::field(&read, "User ID").as_deref(),
+        Some(user["attributes"]["user_id"].as_str().unwrap())
+    );
+    assert!(
+        !read.contains(&user_token),
+        "the secret must never be shown: {read}"
+    );
+
+    // Revoking by id: the token stops working at once.
+    let out = dev.ok(&["auth-tokens", "delete", "-id", &user_token_id]);
+    assert!(out.contains("delete operation completed"), "{out}");
+    fails_with(
+        &dev,
+        &["auth-tokens", "list", "-token", &user_token],
+        "invalid or has expired",
+    );
+
+    // After the configured lifetime the admin's own token is refused with what to do.
+    std::thread::sleep(Duration::from_secs(7));
+    fails_with(&dev, &["auth-tokens", "list"], "authenticate password");
+}

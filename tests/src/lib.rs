@@ -447,6 +447,11 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts a worker linked to `setup`'s controller, activating with `token` if given.
     pub fn start(setup: &ServerSetup, token: Option<&str>, tags: &[&str]) -> Self {
+        Self::start_via(&setup.cluster_addr(), token, tags)
+    }
+
+    /// Starts a worker whose controller link goes to `upstream` (for example a [`Cuttable`]).
+    pub fn start_via(upstream: &str, token: Option<&str>, tags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_udp_port();
         let mut args: Vec<String> = vec![
@@ -454,7 +459,7 @@ impl WorkerProc {
             "-proxy-addr".into(),
             format!("127.0.0.1:{port}"),
             "-initial-upstream".into(),
-            setup.cluster_addr(),
+            upstream.to_owned(),
             "-auth-storage-path".into(),
             dir.path().display().to_string(),
         ];
@@ -634,5 +639,66 @@ impl Sshd {
             .arg(remote)
             .stdin(Stdio::null());
         c
+    }
+}
+
+/// A TCP relay on 127.0.0.1 that can be cut (every connection closed, new ones refused) and
+/// mended, to take a link down while both of its ends stay alive.
+pub struct Cuttable {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    /// Relays connections made to [`Cuttable::addr`] to `to`.
+    pub fn start(to: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, k, to) = (cut.clone(), conns.clone(), to.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                let mut list = k.lock().unwrap();
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        list.push(s);
+                    }
+                }
+                drop(list);
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, cut, conns }
+    }
+
+    /// Closes every relayed connection and refuses new ones until [`Cuttable::mend`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Relays new connections again.
+    pub fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_e2e::{text, wait_for, Connect, Dev, Proc, ServerSetup, Sshd, WorkerProc};
+use sluice_e2e::{text, wait_for, Connect, Cuttable, Dev, Proc, ServerSetup, Sshd, WorkerProc};
 
 const TARGET: &str = "ttcp_1234567890";
 
@@ -447,4 +447,60 @@ fn a_worker_restarted_while_the_controller_is_down_still_admits_tokens() {
         .then_some(())
     });
     restarted.stop();
+}
+
+#[test]
+fn a_cancel_made_while_the_worker_link_is_down_is_applied_when_it_returns() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let dev = Dev::server(&setup);
+    let (worker_id, token) = dev.create_worker("w1");
+    let link = Cuttable::start(&setup.cluster_addr());
+    let mut worker = WorkerProc::start_via(&link.addr, Some(&token), &[]);
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh to start", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+
+    // Both processes stay up; only the link between them goes down.
+    link.cut();
+    wait_for(
+        "the controller to see the link down",
+        Duration::from_secs(10),
+        || {
+            let out = dev.ok(&["workers", "read", "-id", &worker_id]);
+            (Dev::field(&out, "Connected").as_deref() == Some("false")).then_some(())
+        },
+    );
+    let out = dev.ok(&["sessions", "cancel", "-id", &conn.session_id]);
+    assert_eq!(
+        Dev::field(&out, "Status").as_deref(),
+        Some("canceling"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        live.child.try_wait().unwrap().is_none(),
+        "the worker cannot have heard of the cancel yet"
+    );
+
+    // The worker relinks and the cancel it missed closes the connection.
+    link.mend();
+    worker.wait_linked_times(2);
+    assert!(
+        !live.wait(Duration::from_secs(15)).success(),
+        "ssh was not cut"
+    );
+    conn.proc.wait(Duration::from_secs(15));
+    assert!(
+        conn.proc.stdout().contains("Session was canceled"),
+        "{}",
+        conn.proc.stdout()
+    );
+    let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
 }

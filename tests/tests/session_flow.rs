@@ -466,6 +466,32 @@ fn refusals_name_the_problem() {
         "{}",
         text(&out.stderr)
     );
+    // Nor cancel it, nor see it listed; the session is untouched.
+    let out = dev.sluice(&["sessions", "cancel", "-id", &sid, "-token", &tok]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("belongs to another user"),
+        "{}",
+        text(&out.stderr)
+    );
+    let listed = dev.sluice(&[
+        "sessions",
+        "list",
+        "-scope-id",
+        "p_1234567890",
+        "-token",
+        &tok,
+    ]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        !text(&listed.stdout).contains(&sid),
+        "{}",
+        text(&listed.stdout)
+    );
+    assert_eq!(
+        Dev::field(&dev.read_session(&sid), "Status").as_deref(),
+        Some("pending")
+    );
 }
 
 #[test]

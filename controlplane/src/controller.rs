@@ -1116,3 +1116,121 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
     }
     writes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::cluster::WorkerEvent;
+
+    struct NoLink;
+    impl WorkerLink for NoLink {
+        fn cancel_session(&self, _: &str, _: u64) {}
+        fn set_keys(&self, _: Vec<Vec<u8>>) {}
+    }
+
+    fn open(path: &std::path::Path) -> Arc<Controller> {
+        let store = Arc::new(crate::RedbStore::open(path).unwrap());
+        let c = Controller::open(store, Some(&DevSeed::default()), false).unwrap();
+        c.add_worker(WorkerInfo {
+            id: "w_replaytest".into(),
+            name: "w".into(),
+            tags: BTreeMap::new(),
+            addr: "127.0.0.1:1".into(),
+            ca_fingerprint: [0; 32],
+            link: Arc::new(NoLink),
+        });
+        c
+    }
+
+    /// A worker replays every batch the controller did not acknowledge, so the same events
+    /// can arrive twice and out of order: the stored session must come out as if each had
+    /// arrived once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replayed_event_batches_change_nothing_the_second_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let c = open(&path);
+        let auth = c
+            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
+            .await
+            .unwrap();
+        let p = c.principal(Some(&auth.bearer)).unwrap();
+        let a = c
+            .authorize_session(&p, dev_ids::TARGET, None)
+            .await
+            .unwrap();
+        let sid = a.session.id.clone();
+        let opened = |conn: &str, at_ms| WorkerEvent::ConnectionOpened {
+            session_id: sid.clone(),
+            connection_id: conn.into(),
+            client_addr: "127.0.0.1:5000".into(),
+            endpoint_addr: "127.0.0.1:22".into(),
+            at_ms,
+        };
+        let first = vec![
+            WorkerEvent::SessionActivated {
+                session_id: sid.clone(),
+                at_ms: 1_000,
+            },
+            opened("c1", 1_001),
+            WorkerEvent::ConnectionClosed {
+                session_id: sid.clone(),
+                connection_id: "c1".into(),
+                bytes_up: 10,
+                bytes_down: 20,
+                reason: ConnectionClosedReason::ClosedByEndUser,
+                at_ms: 1_002,
+            },
+        ];
+        let second = vec![opened("c2", 1_003)];
+        // The first batch, then both again after a "reconnect", then the first once more.
+        for e in first
+            .iter()
+            .chain(first.iter())
+            .chain(second.iter())
+            .chain(second.iter())
+            .chain(first.iter())
+        {
+            c.apply_event(e.clone()).await.unwrap();
+        }
+        let check = |s: &Session| {
+            assert_eq!(s.status(), SessionStatus::Active);
+            assert_eq!(
+                s.states.len(),
+                2,
+                "pending then active, once: {:?}",
+                s.states
+            );
+            assert_eq!(s.connections.len(), 2, "{:?}", s.connections);
+            let c1 = &s.connections[0];
+            assert_eq!(
+                (c1.connection_id.as_str(), c1.status.as_str()),
+                ("c1", "closed")
+            );
+            assert_eq!((c1.bytes_up, c1.bytes_down), (10, 20));
+            assert_eq!(s.connections[1].status, "connected");
+        };
+        check(&c.read_session(&p, &sid).unwrap());
+
+        // A replayed close of the whole session ends it once.
+        let closed = WorkerEvent::SessionClosed {
+            session_id: sid.clone(),
+            reason: TerminationReason::ClosedByEndUser,
+            at_ms: 1_004,
+        };
+        c.apply_event(closed.clone()).await.unwrap();
+        let once = c.read_session(&p, &sid).unwrap();
+        c.apply_event(closed).await.unwrap();
+        assert_eq!(c.read_session(&p, &sid).unwrap(), once);
+        assert_eq!(once.status(), SessionStatus::Terminated);
+
+        // What is stored is what was served.
+        drop(c);
+        let again = open(&path);
+        assert_eq!(again.read_session(&p, &sid).unwrap(), once);
+        let mut before = once.clone();
+        before.states.remove(0);
+        before.termination_reason = None;
+        check(&before);
+    }
+}

@@ -1167,7 +1167,7 @@ mod tests {
             endpoint_addr: "127.0.0.1:22".into(),
             at_ms,
         };
-        let first = vec![
+        let first = [
             WorkerEvent::SessionActivated {
                 session_id: sid.clone(),
                 at_ms: 1_000,
@@ -1182,7 +1182,7 @@ mod tests {
                 at_ms: 1_002,
             },
         ];
-        let second = vec![opened("c2", 1_003)];
+        let second = [opened("c2", 1_003)];
         // The first batch, then both again after a "reconnect", then the first once more.
         for e in first
             .iter()

@@ -42,15 +42,29 @@ step "benchmark harness, quick run (release build; figures are indicative, see b
 cargo build -q --release --locked -p sluice-cli -p sluice-bench
 ./target/release/sluice-bench --quick --out target/bench-quick
 
-step "fuzz token decoding (30 s)"
+step "fuzz every parser of untrusted bytes (60 s per target; docs/fuzzing.md)"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked -q
 fi
-work=$(mktemp -d)
-cp fuzz/corpus/token_decode/* "$work/"
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run token_decode "$work" -- \
-  -dict=token.dict -max_total_time=30 -print_final_stats=1 2>&1 | tail -n 15)
-rm -rf "$work"
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build 2>&1 | tail -n 3)
+for target in token_decode:token token_verify:token frames:frames cluster_frames:cluster api_body:api; do
+  name=${target%%:*}
+  dict=${target##*:}.dict
+  work=$(mktemp -d)
+  cp fuzz/corpus/"$name"/* "$work/"
+  echo "--- $name"
+  rc=0
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$name" "$work" -- \
+    -dict="$dict" -max_total_time="${SLUICE_FUZZ_SECONDS:-60}" -print_final_stats=1) >"$work.log" 2>&1 || rc=$?
+  grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done)" "$work.log" || true
+  if [ "$rc" -ne 0 ]; then
+    tail -n 60 "$work.log" >&2
+    echo "fuzz target $name failed (exit $rc): the input is under fuzz/artifacts/$name" >&2
+    exit 1
+  fi
+  rm -f "$work.log"
+  rm -rf "$work"
+done
 
 step "all checks passed"
 echo "tests: $passed passed, $failed failed"

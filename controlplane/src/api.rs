@@ -1247,3 +1247,54 @@ async fn update_host_set(
     update_host_resource(&c, &headers, &id, &body).await?;
     Ok(item(host_set_json(&c.read_host_set(&id)?)))
 }
+
+/// Parses `body` as every JSON request body the API accepts, and worker filters as given in
+/// one; for the `api_body` fuzz target. Must never panic.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn parse_every_body(body: &str) {
+    let _ = parse_body::<AuthenticateBody>(body);
+    let _ = parse_body::<ScopeBody>(body);
+    let _ = parse_body::<CreateWorkerBody>(body);
+    let _ = parse_body::<AuthorizeBody>(body);
+    let _ = parse_body::<CancelBody>(body);
+    let _ = parse_body::<ListBody>(body);
+    let _ = parse_body::<CreateBody>(body);
+    let _ = parse_body::<UserBody>(body);
+    let _ = parse_body::<AccountBody>(body);
+    let _ = parse_body::<crate::resources::HostUpdate>(body);
+    let filters = [
+        parse_body::<TargetCreate>(body)
+            .ok()
+            .and_then(|t| t.egress_worker_filter),
+        parse_body::<TargetUpdate>(body)
+            .ok()
+            .and_then(|t| t.egress_worker_filter),
+        Some(body.to_owned()),
+    ];
+    for f in filters.into_iter().flatten() {
+        if let Ok(parsed) = crate::filter::Filter::parse(&f) {
+            let _ = parsed.matches("w", &std::collections::BTreeMap::new());
+        }
+    }
+}
+
+/// Whether `body` parses as the request body that the seed `name` stands for, with any
+/// worker filter in it valid.
+#[cfg(test)]
+pub(crate) fn accepted_as(name: &str, body: &str) -> bool {
+    let filter_ok = |f: Option<String>| f.is_none_or(|f| crate::filter::Filter::parse(&f).is_ok());
+    match name {
+        "seed_authenticate" => parse_body::<AuthenticateBody>(body).is_ok(),
+        "seed_target_create" => parse_body::<TargetCreate>(body)
+            .is_ok_and(|t| t.egress_worker_filter.is_some() && filter_ok(t.egress_worker_filter)),
+        "seed_target_update" => parse_body::<TargetUpdate>(body)
+            .is_ok_and(|t| t.egress_worker_filter.is_some() && filter_ok(t.egress_worker_filter)),
+        "seed_scope" => parse_body::<ScopeBody>(body).is_ok(),
+        "seed_host_create" => parse_body::<CreateBody>(body).is_ok(),
+        "seed_list_change" => parse_body::<ListBody>(body).is_ok(),
+        "seed_cancel" => parse_body::<CancelBody>(body).is_ok(),
+        "seed_authorize" => parse_body::<AuthorizeBody>(body).is_ok(),
+        "seed_filter" => crate::filter::Filter::parse(body).is_ok(),
+        _ => false,
+    }
+}

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod controller;
 pub mod filter;
 pub mod fleet;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod ids;
 pub mod model;
 pub mod pki;

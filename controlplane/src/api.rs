@@ -48,6 +48,12 @@ impl ApiError {
     pub fn conflict(m: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "FailedPrecondition", m)
     }
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted", m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+    }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", m)
     }

@@ -157,6 +157,7 @@ pub struct Controller {
     pub(crate) next_generation: std::sync::atomic::AtomicU64,
     /// How long a new auth token lives, in seconds.
     auth_token_ttl_secs: std::sync::atomic::AtomicI64,
+    logins: crate::throttle::LoginThrottle,
 }
 
 /// How long auth tokens live unless configured: 7 days, as Boundary's default.
@@ -327,6 +328,7 @@ impl Controller {
             auth_token_ttl_secs: std::sync::atomic::AtomicI64::new(
                 DEFAULT_AUTH_TOKEN_TTL.as_secs() as i64,
             ),
+            logins: crate::throttle::LoginThrottle::new(),
         });
         if !writes.is_empty() {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -410,6 +412,7 @@ impl Controller {
                 "auth method {auth_method_id} not found"
             )));
         }
+        self.logins.check(auth_method_id, login_name)?;
         let account = self
             .state()
             .accounts
@@ -430,6 +433,7 @@ impl Controller {
                 .clone(),
         };
         let password = password.to_owned();
+        let slot = self.logins.hash_slot().await?;
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|h| {
@@ -441,10 +445,15 @@ impl Controller {
         })
         .await
         .unwrap_or(false);
+        drop(slot);
         let account = match account {
             Some(a) if ok => a,
-            _ => return Err(failed()),
+            _ => {
+                self.logins.failed(auth_method_id, login_name);
+                return Err(failed());
+            }
         };
+        self.logins.succeeded(auth_method_id, login_name);
         if !self.state().users.contains_key(&account.user_id) {
             return Err(ApiError::unauthenticated(format!(
                 "account {} belongs to no user; an administrator must add it to one with `sluice users add-accounts`",

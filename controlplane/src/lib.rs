@@ -17,6 +17,7 @@ pub mod resources;
 pub mod scopes;
 pub mod sessions;
 pub mod store;
+pub mod throttle;
 
 pub use controller::{Controller, DevSeed, WorkerInfo, WorkerLink};
 pub use store::{RedbStore, Store};

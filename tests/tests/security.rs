@@ -123,3 +123,40 @@ fn no_token_or_password_used_in_a_full_run_appears_in_any_log() {
     assert!(logs[1].1.contains(&conn.session_id), "{}", logs[1].1);
     assert!(logs[3].1.contains("forged or altered"), "{}", logs[3].1);
 }
+
+#[test]
+fn repeated_wrong_passwords_lock_that_login_name_for_a_while() {
+    let dev = Dev::start(&[]);
+    let login = |name: &str, pw: &str| {
+        dev.sluice(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            name,
+            "-password",
+            pw,
+            "-format",
+            "json",
+        ])
+    };
+    for _ in 0..5 {
+        let out = login("admin", WRONG_PASSWORD);
+        assert!(
+            text(&out.stderr).contains("wrong login name or password"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Now even the right password is refused, with how long to wait.
+    let out = login("admin", "password");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("too many failed attempts") && err.contains("try again in"),
+        "{err}"
+    );
+    // Other login names are not affected, and the stored auth token still works.
+    let out = login("user", "password");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    dev.ok(&["targets", "list", "-scope-id", "p_1234567890"]);
+}

@@ -1,0 +1,121 @@
+//! Limits on password authentication: failed attempts per login name, and how many Argon2
+//! verifications run at once (each takes ~19 MiB and tens of milliseconds of a core).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::api::ApiError;
+
+/// Failed attempts allowed per login name within [`WINDOW`].
+pub const MAX_FAILURES: u32 = 5;
+/// How long failures count; a login name that reached the limit waits this long after its
+/// first failure.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Argon2 verifications at once; further logins wait for a slot.
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+/// How long a login waits for a slot before it is refused as busy.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// Login names remembered at most (unknown names count too, so probing cannot tell).
+const MAX_TRACKED: usize = 100_000;
+
+pub(crate) struct LoginThrottle {
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    hashes: tokio::sync::Semaphore,
+    window: Duration,
+}
+
+impl LoginThrottle {
+    pub(crate) fn new() -> Self {
+        Self::with_window(WINDOW)
+    }
+
+    fn with_window(window: Duration) -> Self {
+        Self {
+            failures: Mutex::new(HashMap::new()),
+            hashes: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
+            window,
+        }
+    }
+
+    fn key(auth_method_id: &str, login_name: &str) -> String {
+        format!("{auth_method_id}/{}", login_name.to_lowercase())
+    }
+
+    /// Refuses a login name that failed too often recently, saying how long to wait.
+    pub(crate) fn check(&self, auth_method_id: &str, login_name: &str) -> Result<(), ApiError> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, since)) = map.get(&Self::key(auth_method_id, login_name)) {
+            let elapsed = since.elapsed();
+            if *n >= MAX_FAILURES && elapsed < self.window {
+                let wait = (self.window - elapsed).as_secs() + 1;
+                return Err(ApiError::too_many_requests(format!(
+                    "too many failed attempts for login name {login_name:?}: try again in {wait} s"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt.
+    pub(crate) fn failed(&self, auth_method_id: &str, login_name: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        let e = map
+            .entry(Self::key(auth_method_id, login_name))
+            .or_insert((0, Instant::now()));
+        if e.1.elapsed() >= self.window {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    /// Forgets the failures of a login name that got in.
+    pub(crate) fn succeeded(&self, auth_method_id: &str, login_name: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Self::key(auth_method_id, login_name));
+    }
+
+    /// A slot to run one password hash in.
+    pub(crate) async fn hash_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(SLOT_WAIT, self.hashes.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ApiError::unavailable(
+                "the controller is busy checking other logins; try again shortly",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_name_is_locked_after_repeated_failures_and_only_that_one() {
+        let t = LoginThrottle::with_window(Duration::from_millis(300));
+        for _ in 0..MAX_FAILURES {
+            t.check("ampw_1", "dora").unwrap();
+            t.failed("ampw_1", "dora");
+        }
+        let e = t.check("ampw_1", "Dora").unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.message.contains("try again in"), "{}", e.message);
+        t.check("ampw_1", "eve").unwrap();
+        t.check("ampw_2", "dora").unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        t.check("ampw_1", "dora").unwrap();
+        // A success clears the count.
+        for _ in 0..MAX_FAILURES - 1 {
+            t.failed("ampw_1", "eve");
+        }
+        t.succeeded("ampw_1", "eve");
+        t.failed("ampw_1", "eve");
+        t.check("ampw_1", "eve").unwrap();
+    }
+}

@@ -35,6 +35,44 @@ pub struct WorkerConfig {
     pub dial_timeout: Duration,
     /// Accept the plaintext `tcp` transport (trusted networks and measurements only).
     pub allow_plaintext: bool,
+    /// Handshakes (TLS or QUIC, then the token) in progress at once per thread; connections
+    /// beyond it are refused at once.
+    pub max_handshakes: usize,
+}
+
+/// Counts the handshakes in progress on one thread.
+#[derive(Clone)]
+pub(crate) struct HandshakeSlots {
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One handshake in progress; dropping it frees the slot.
+pub(crate) struct HandshakeSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl HandshakeSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            busy: Arc::default(),
+            max: max.max(1),
+        }
+    }
+
+    /// A slot, or `None` when `max` handshakes are already in progress.
+    pub(crate) fn take(&self) -> Option<HandshakeSlot> {
+        use std::sync::atomic::Ordering;
+        if self.busy.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.busy.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(HandshakeSlot(self.busy.clone()))
+    }
 }
 
 impl WorkerConfig {
@@ -54,6 +92,7 @@ impl WorkerConfig {
             handshake_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(10),
             allow_plaintext: false,
+            max_handshakes: 1024,
         }
     }
 }
@@ -220,26 +259,36 @@ async fn serve(
             return;
         }
     };
+    let slots = HandshakeSlots::new(config.max_handshakes);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Some(slot) = slots.take() else {
+                    debug!(remote = %incoming.remote_address(), "too many handshakes in progress; QUIC connection refused");
+                    incoming.refuse();
+                    continue;
+                };
                 let registry = registry.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
-                    handle_connection(registry, config, incoming)
+                    handle_connection(registry, config, incoming, slot)
                         .instrument(info_span!("client", %remote))
                         .await;
                 });
             }
             accepted = listener.accept() => {
                 let Ok((tcp, remote)) = accepted else { continue };
+                let Some(slot) = slots.take() else {
+                    debug!(%remote, "too many handshakes in progress; TCP connection dropped");
+                    continue;
+                };
                 let registry = registry.clone();
                 let config = config.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(
-                    crate::stream_transport::handle(registry, config, acceptor, tcp)
+                    crate::stream_transport::handle(registry, config, acceptor, tcp, slot)
                         .instrument(info_span!("client", %remote, transport = "tcp")),
                 );
             }
@@ -264,6 +313,7 @@ async fn handle_connection(
     registry: Arc<Registry>,
     config: Arc<WorkerConfig>,
     incoming: quinn::Incoming,
+    slot: HandshakeSlot,
 ) {
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let conn = match tokio::time::timeout_at(deadline, incoming).await {
@@ -307,6 +357,7 @@ async fn handle_connection(
                 )
             }
         };
+    drop(slot);
     let session = match admitted {
         Admitted::New(s) => {
             arm_expiry(s.clone());
@@ -495,4 +546,22 @@ async fn refuse_stream(
     let _ = send.finish();
     let _ = recv.stop(0u32.into());
     session.abandon_connection();
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::HandshakeSlots;
+
+    #[test]
+    fn handshakes_beyond_the_limit_get_no_slot_until_one_ends() {
+        let slots = HandshakeSlots::new(2);
+        let a = slots.take().expect("first");
+        let _b = slots.take().expect("second");
+        assert!(slots.take().is_none(), "a third handshake must wait");
+        drop(a);
+        assert!(
+            slots.take().is_some(),
+            "a finished handshake frees its slot"
+        );
+    }
 }

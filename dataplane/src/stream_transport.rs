@@ -64,6 +64,7 @@ pub(crate) async fn handle(
     config: Arc<WorkerConfig>,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
+    slot: crate::server::HandshakeSlot,
 ) {
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
@@ -87,10 +88,19 @@ pub(crate) async fn handle(
             Conn::Tls(Box::new(tls)),
             client_addr,
             deadline,
+            slot,
         )
         .await;
     } else if config.allow_plaintext {
-        serve(registry, config, Conn::Plain(tcp), client_addr, deadline).await;
+        serve(
+            registry,
+            config,
+            Conn::Plain(tcp),
+            client_addr,
+            deadline,
+            slot,
+        )
+        .await;
     } else {
         let mut tcp = tcp;
         let refusal = Refusal::new(
@@ -160,6 +170,7 @@ async fn serve(
     mut conn: Conn,
     client_addr: String,
     deadline: tokio::time::Instant,
+    slot: crate::server::HandshakeSlot,
 ) {
     let mut buf = BytesMut::new();
     let frame = match tokio::time::timeout_at(deadline, conn.read_frame(&mut buf)).await {
@@ -194,6 +205,7 @@ async fn serve(
         Ok(Admitted::Existing(s)) => s,
         Err(r) => return conn.refuse(r).await,
     };
+    drop(slot);
     if control {
         control_connection(session, conn).await;
     } else {

@@ -16,11 +16,11 @@ use tracing::debug;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 512;
 
-/// A TLS 1.3/1.2 server configuration for the API from a DER chain and key.
+/// A TLS 1.3 server configuration for the API from a DER chain and key.
 pub fn server_config(chain: Vec<Vec<u8>>, key: Vec<u8>) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(
             chain.into_iter().map(CertificateDer::from).collect(),

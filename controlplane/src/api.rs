@@ -78,6 +78,35 @@ impl IntoResponse for ApiError {
 
 type Ctl = Arc<Controller>;
 
+/// A request body as text. Unlike axum's `String` extractor, its refusals (not UTF-8, too
+/// large) are JSON errors like every other.
+struct Body(String);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    e.status(),
+                    "ResourceExhausted",
+                    "the request body is too large: the API accepts at most 2 MB",
+                )
+            } else {
+                ApiError::new(
+                    e.status(),
+                    "InvalidArgument",
+                    format!("the request body could not be read: {}", e.body_text()),
+                )
+            }
+        })?;
+        String::from_utf8(bytes.into())
+            .map(Body)
+            .map_err(|_| ApiError::bad_request("the request body is not UTF-8 JSON"))
+    }
+}
+
 /// The router for `/v1`.
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
@@ -196,7 +225,7 @@ struct PasswordAttributes {
 async fn auth_method_action(
     State(c): State<Ctl>,
     Path(id_action): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let (id, action) = split_action(&id_action);
     if action != Some("authenticate") {
@@ -273,7 +302,7 @@ struct ScopeBody {
 async fn create_scope(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: ScopeBody = parse_body(&body)?;
@@ -319,7 +348,7 @@ async fn update_scope(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: ScopeBody = parse_body(&body)?;
@@ -408,7 +437,7 @@ async fn update_target(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let u: TargetUpdate = parse_body(&body)?;
@@ -457,7 +486,7 @@ struct CreateWorkerBody {
 async fn create_worker(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let p = principal(&c, &headers)?;
     let b: CreateWorkerBody = parse_body(&body)?;
@@ -566,7 +595,7 @@ async fn target_action(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id_action): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let (id, action) = split_action(&id_action);
     let change = match action {
@@ -712,7 +741,7 @@ async fn session_action(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id_action): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let (id, action) = split_action(&id_action);
     if action != Some("cancel") {
@@ -738,7 +767,7 @@ struct ListBody {
 async fn create_target(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: TargetCreate = parse_body(&body)?;
@@ -827,7 +856,7 @@ fn item(v: Value) -> Json<Value> {
 async fn create_host_catalog(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
@@ -877,7 +906,7 @@ async fn delete_host_catalog(
 async fn create_host(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
@@ -929,7 +958,7 @@ async fn delete_host(
 async fn create_host_set(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
@@ -966,7 +995,7 @@ async fn host_set_action(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id_action): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let (id, action) = split_action(&id_action);
     let change = match action {
@@ -1068,7 +1097,7 @@ fn role(r: Option<&str>) -> Result<Option<bool>, ApiError> {
 async fn create_user(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: UserBody = parse_body(&body)?;
@@ -1106,7 +1135,7 @@ async fn update_user(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: UserBody = parse_body(&body)?;
@@ -1131,7 +1160,7 @@ async fn user_action(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id_action): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let (id, action) = split_action(&id_action);
     if action != Some("add-accounts") {
@@ -1180,7 +1209,7 @@ fn account_json(a: &crate::model::Account) -> Value {
 async fn create_account(
     State(c): State<Ctl>,
     headers: HeaderMap,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&c, &headers)?;
     let b: AccountBody = parse_body(&body)?;
@@ -1228,7 +1257,7 @@ async fn update_host_catalog(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     update_host_resource(&c, &headers, &id, &body).await?;
     Ok(item(catalog_json(&c.read_host_catalog(&id)?)))
@@ -1238,7 +1267,7 @@ async fn update_host(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     update_host_resource(&c, &headers, &id, &body).await?;
     Ok(item(host_json(&c.read_host(&id)?)))
@@ -1248,7 +1277,7 @@ async fn update_host_set(
     State(c): State<Ctl>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     update_host_resource(&c, &headers, &id, &body).await?;
     Ok(item(host_set_json(&c.read_host_set(&id)?)))

@@ -10,35 +10,8 @@ use sluice_e2e::{text, Dev};
 
 const PROJECT: &str = "p_1234567890";
 
-/// Sends one HTTP/1.1 request and returns (status, body).
 fn http(api: &str, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
-    let addr = api.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(b) = bearer {
-        req.push_str(&format!("Authorization: Bearer {b}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let _ = s.write_all(body); // an oversized body may be refused before it is all sent
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
-    (status, body)
+    sluice_e2e::http_request(api, method, path, bearer, body).expect("the API answers")
 }
 
 fn bearer(dev: &Dev, login: &str) -> String {

@@ -209,8 +209,12 @@ fn a_killed_worker_has_its_sessions_ended_with_system_error() {
     let dev = Dev::server(&setup);
     let (_, token) = dev.create_worker("w1");
     let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
-    let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
-    let live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    let mut conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    // Mid-transfer: the remote side streams output until it is cut.
+    let mut live = Proc::spawn(sshd.ssh(
+        conn.port,
+        "echo started; while true; do head -c 65536 /dev/zero | tr '\\0' x; echo; sleep 0.05; done",
+    ));
     wait_for("ssh to start", Duration::from_secs(20), || {
         live.stdout().contains("started").then_some(())
     });
@@ -245,6 +249,20 @@ fn a_killed_worker_has_its_sessions_ended_with_system_error() {
             .iter()
             .any(|c| c["closed_reason"] == "system error"),
         "{s}"
+    );
+    // The client is told in words, and ssh is cut rather than left hanging.
+    assert!(
+        !live.wait(Duration::from_secs(30)).success(),
+        "ssh outlived the worker"
+    );
+    conn.proc.wait(Duration::from_secs(30));
+    let said = conn.proc.stdout();
+    assert!(
+        said.contains("Termination information:")
+            && said.contains("Reason:")
+            && (said.contains("Lost the connection to the worker")
+                || said.contains("The worker shut down or failed")),
+        "{said}"
     );
     // With no worker left, authorizing says so.
     let out = dev.sluice(&["targets", "authorize-session", "-id", TARGET]);

@@ -541,6 +541,9 @@ pub enum Users {
         description: String,
         #[arg(long, value_enum, default_value_t = Role::User)]
         role: Role,
+        /// A project whose targets the user may use (repeat for more; none: every project)
+        #[arg(long = "project-id")]
+        project_ids: Vec<String>,
     },
     List,
     Read {
@@ -558,6 +561,12 @@ pub enum Users {
         description: Option<String>,
         #[arg(long, value_enum)]
         role: Option<Role>,
+        /// Replaces the user's projects (repeat for more)
+        #[arg(long = "project-id")]
+        project_ids: Vec<String>,
+        /// Gives the user every project again
+        #[arg(long, conflicts_with = "project_ids")]
+        all_projects: bool,
     },
     /// Delete a user: its auth tokens are revoked and its sessions canceled
     Delete {

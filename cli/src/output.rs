@@ -226,6 +226,10 @@ pub fn resource(it: &Value) -> String {
     if let Some(a) = it["attributes"]["login_name"].as_str() {
         rows.push(("Login Name", a.to_owned()));
     }
+    if let Some(h) = it["project_ids"].as_array().filter(|h| !h.is_empty()) {
+        let ids: Vec<String> = h.iter().map(s).collect();
+        rows.push(("Project IDs", ids.join(", ")));
+    }
     if let Some(h) = it["account_ids"].as_array() {
         let ids: Vec<String> = h.iter().map(s).collect();
         rows.push(("Account IDs", ids.join(", ")));

@@ -347,8 +347,10 @@ pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
             name,
             description,
             role,
+            project_ids,
         } => {
-            let body = json!({"scope_id": scope_id, "name": name, "description": description, "role": role_name(role)});
+            let body = json!({"scope_id": scope_id, "name": name, "description": description,
+                              "role": role_name(role), "project_ids": project_ids});
             let v = api.call(Method::POST, "/v1/users", Some(body)).await?;
             show(common, "User", &v);
         }
@@ -368,6 +370,8 @@ pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
             name,
             description,
             role,
+            project_ids,
+            all_projects,
         } => {
             let path = format!("/v1/users/{id}");
             let version = version_of(&api, &path, version).await?;
@@ -380,6 +384,9 @@ pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
             }
             if let Some(r) = role {
                 body["role"] = json!(role_name(r));
+            }
+            if all_projects || !project_ids.is_empty() {
+                body["project_ids"] = json!(project_ids);
             }
             let v = api.call(Method::PATCH, &path, Some(body)).await?;
             show(common, "User", &v);

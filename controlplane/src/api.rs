@@ -1063,7 +1063,7 @@ async fn delete_auth_token(
 fn user_json(c: &Controller, u: &crate::model::User) -> Value {
     json!({"id": u.id, "scope_id": u.scope_id, "name": u.name, "description": u.description,
            "version": u.version, "role": if u.admin { "admin" } else { "user" },
-           "account_ids": c.user_accounts(&u.id)})
+           "project_ids": u.project_ids, "account_ids": c.user_accounts(&u.id)})
 }
 
 #[derive(Deserialize, Default)]
@@ -1081,6 +1081,8 @@ struct UserBody {
     version: Option<u32>,
     #[serde(default)]
     account_ids: Vec<String>,
+    #[serde(default)]
+    project_ids: Option<Vec<String>>,
 }
 
 fn role(r: Option<&str>) -> Result<Option<bool>, ApiError> {
@@ -1111,6 +1113,7 @@ async fn create_user(
             b.name.as_deref().unwrap_or_default(),
             b.description.as_deref().unwrap_or_default(),
             admin,
+            b.project_ids.unwrap_or_default(),
         )
         .await?;
     Ok(item(user_json(&c, &u)))
@@ -1141,7 +1144,15 @@ async fn update_user(
     let b: UserBody = parse_body(&body)?;
     let admin = role(b.role.as_deref())?;
     let u = c
-        .update_user(&p, &id, b.version, b.name, b.description, admin)
+        .update_user(
+            &p,
+            &id,
+            b.version,
+            b.name,
+            b.description,
+            admin,
+            b.project_ids,
+        )
         .await?;
     Ok(item(user_json(&c, &u)))
 }

@@ -524,10 +524,13 @@ impl Controller {
     }
 
     /// Targets of a project.
-    pub fn list_targets(&self, _p: &Principal, scope_id: &str) -> Result<Vec<Target>, ApiError> {
+    pub fn list_targets(&self, p: &Principal, scope_id: &str) -> Result<Vec<Target>, ApiError> {
         let st = self.state();
         if !st.scopes.contains_key(scope_id) {
             return Err(ApiError::not_found(format!("scope {scope_id} not found")));
+        }
+        if !p.user.may_use_project(scope_id) {
+            return Ok(vec![]);
         }
         Ok(st
             .targets
@@ -538,12 +541,15 @@ impl Controller {
     }
 
     /// One target.
-    pub fn read_target(&self, _p: &Principal, id: &str) -> Result<Target, ApiError> {
-        self.state()
+    pub fn read_target(&self, p: &Principal, id: &str) -> Result<Target, ApiError> {
+        let t = self
+            .state()
             .targets
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))
+            .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+        project_allowed(p, &t)?;
+        Ok(t)
     }
 
     /// Updates a target's settings (admin only). A stale `version` is refused (409).
@@ -639,6 +645,7 @@ impl Controller {
                 .get(target_id)
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(format!("target {target_id} not found")))?;
+            project_allowed(p, &target)?;
             let worker = self.pick_worker(&target)?;
             if target.default_port == 0 {
                 return Err(ApiError::conflict(format!(
@@ -966,6 +973,17 @@ impl Controller {
     }
 }
 
+/// Refuses a user the targets of projects it was not given.
+fn project_allowed(p: &Principal, t: &Target) -> Result<(), ApiError> {
+    if p.user.may_use_project(&t.scope_id) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "target {} is in project {}, which user {} has not been given; an administrator can add it with `sluice users update -id {} -project-id {}`",
+        t.id, t.scope_id, p.user.id, p.user.id, t.scope_id
+    )))
+}
+
 fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
     use dev_ids::*;
     let mut writes = Vec::new();
@@ -1018,6 +1036,7 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
             name: login.clone(),
             admin,
             description: String::new(),
+            project_ids: vec![],
             version: 1,
         };
         // Keep the stored hash when the password is unchanged: hashing is deliberately slow.

@@ -32,8 +32,18 @@ pub struct User {
     pub admin: bool,
     #[serde(default)]
     pub description: String,
+    /// Projects whose targets a user (not admin) may see and authorize; empty: every project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub project_ids: Vec<String>,
     #[serde(default = "one")]
     pub version: u32,
+}
+
+impl User {
+    /// Whether this user may see and authorize the targets of project `scope_id`.
+    pub fn may_use_project(&self, scope_id: &str) -> bool {
+        self.admin || self.project_ids.is_empty() || self.project_ids.iter().any(|p| p == scope_id)
+    }
 }
 
 /// A password account of an auth method.

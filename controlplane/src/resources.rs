@@ -631,11 +631,13 @@ impl Controller {
         name: &str,
         description: &str,
         admin: bool,
+        project_ids: Vec<String>,
     ) -> Result<User, ApiError> {
         require_admin(p, "create users")?;
         check_name(name)?;
         let (u, done) = {
             let mut st = self.state();
+            check_projects(&st, &project_ids)?;
             if !name.is_empty() && st.users.values().any(|u| u.name == name) {
                 return Err(ApiError::conflict(format!(
                     "a user named {name:?} already exists"
@@ -647,6 +649,7 @@ impl Controller {
                 name: name.into(),
                 admin,
                 description: description.into(),
+                project_ids,
                 version: 1,
             };
             st.users.insert(u.id.clone(), u.clone());
@@ -692,6 +695,7 @@ impl Controller {
         name: Option<String>,
         description: Option<String>,
         admin: Option<bool>,
+        project_ids: Option<Vec<String>>,
     ) -> Result<User, ApiError> {
         require_admin(p, "change users")?;
         if admin == Some(false) && id == p.user.id {
@@ -701,6 +705,9 @@ impl Controller {
         }
         let (u, done) = {
             let mut st = self.state();
+            if let Some(ps) = &project_ids {
+                check_projects(&st, ps)?;
+            }
             let u = st
                 .users
                 .get_mut(id)
@@ -715,6 +722,9 @@ impl Controller {
             }
             if let Some(a) = admin {
                 u.admin = a;
+            }
+            if let Some(ps) = project_ids {
+                u.project_ids = ps;
             }
             u.version += 1;
             let u = u.clone();
@@ -992,6 +1002,18 @@ impl Controller {
         done.await?;
         Ok(value)
     }
+}
+
+/// Every id must be a project.
+fn check_projects(st: &State, ids: &[String]) -> Result<(), ApiError> {
+    for id in ids {
+        if st.scopes.get(id).is_none_or(|s| s.kind != "project") {
+            return Err(ApiError::bad_request(format!(
+                "{id} is not a project scope; users are given projects (p_…)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn apply_change(list: &mut Vec<String>, change: ListChange, ids: Vec<String>) {

@@ -554,6 +554,90 @@ fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
     // A session through a target of the new project; deleting the org cancels it and removes
     // the project with its catalog, hosts, sets and target.
     let (host, _, target) = build_target_in(&dev, &sshd, "in-org", &project);
+
+    // A user given only the new project sees and authorizes its targets, not the others.
+    let account = id_of(&dev.ok(&[
+        "accounts",
+        "create",
+        "password",
+        "-login-name",
+        "erin",
+        "-password",
+        "erin-secret-1",
+    ]));
+    fails_with(
+        &dev,
+        &["users", "create", "-name", "erin", "-project-id", &org],
+        "not a project scope",
+    );
+    let out = dev.ok(&["users", "create", "-name", "erin", "-project-id", &project]);
+    assert_eq!(
+        Dev::field(&out, "Project IDs"),
+        Some(project.clone()),
+        "{out}"
+    );
+    let erin = id_of(&out);
+    dev.ok(&["users", "add-accounts", "-id", &erin, "-account", &account]);
+    let out = dev.sluice(&[
+        "authenticate",
+        "password",
+        "-login-name",
+        "erin",
+        "-password",
+        "erin-secret-1",
+        "-format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let erin_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    let out = dev.ok(&[
+        "targets",
+        "list",
+        "-scope-id",
+        &project,
+        "-token",
+        &erin_token,
+    ]);
+    assert!(out.contains(&target), "{out}");
+    let out = dev.ok(&[
+        "targets",
+        "list",
+        "-scope-id",
+        PROJECT,
+        "-token",
+        &erin_token,
+    ]);
+    assert!(!out.contains("ttcp_1234567890"), "{out}");
+    fails_with(
+        &dev,
+        &[
+            "targets",
+            "authorize-session",
+            "-id",
+            "ttcp_1234567890",
+            "-token",
+            &erin_token,
+        ],
+        "has not been given",
+    );
+    dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        &target,
+        "-token",
+        &erin_token,
+    ]);
+    let out = dev.ok(&["users", "update", "-id", &erin, "-all-projects"]);
+    assert_eq!(Dev::field(&out, "Project IDs"), None, "{out}");
+    dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        "ttcp_1234567890",
+        "-token",
+        &erin_token,
+    ]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", &target]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
     wait_for("ssh to start", Duration::from_secs(20), || {

@@ -1148,10 +1148,12 @@ async fn update_user(
             &p,
             &id,
             b.version,
-            b.name,
-            b.description,
-            admin,
-            b.project_ids,
+            crate::resources::UserChange {
+                name: b.name,
+                description: b.description,
+                admin,
+                project_ids: b.project_ids,
+            },
         )
         .await?;
     Ok(item(user_json(&c, &u)))

@@ -686,17 +686,21 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("user {id} not found")))
     }
 
-    /// Changes a user's name, description or role (admin only); stale versions are refused.
+    /// Changes a user's name, description, role or projects (admin only); stale versions are
+    /// refused.
     pub async fn update_user(
         &self,
         p: &Principal,
         id: &str,
         version: Option<u32>,
-        name: Option<String>,
-        description: Option<String>,
-        admin: Option<bool>,
-        project_ids: Option<Vec<String>>,
+        change: UserChange,
     ) -> Result<User, ApiError> {
+        let UserChange {
+            name,
+            description,
+            admin,
+            project_ids,
+        } = change;
         require_admin(p, "change users")?;
         if admin == Some(false) && id == p.user.id {
             return Err(ApiError::bad_request(
@@ -1002,6 +1006,17 @@ impl Controller {
         done.await?;
         Ok(value)
     }
+}
+
+/// The fields of a user update; absent ones keep their value.
+#[derive(Debug, Default)]
+pub struct UserChange {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// `Some(true)` gives the admin role, `Some(false)` the user role.
+    pub admin: Option<bool>,
+    /// Replaces the user's projects; an empty list gives it every project.
+    pub project_ids: Option<Vec<String>>,
 }
 
 /// Every id must be a project.

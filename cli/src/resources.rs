@@ -50,6 +50,33 @@ pub fn deleted(common: &Common) {
     }
 }
 
+/// Reads one resource and prints it.
+async fn read(api: &Api, common: &Common, path: &str, title: &str) -> anyhow::Result<()> {
+    let v = api.call(Method::GET, path, None).await?;
+    show(common, title, &v);
+    Ok(())
+}
+
+/// Lists resources and prints them, or `none` when there are none.
+async fn list(
+    api: &Api,
+    common: &Common,
+    path: &str,
+    title: &str,
+    none: &str,
+) -> anyhow::Result<()> {
+    let v = api.call(Method::GET, path, None).await?;
+    show_list(common, title, none, &v);
+    Ok(())
+}
+
+/// Deletes a resource and says so.
+async fn delete(api: &Api, common: &Common, path: &str) -> anyhow::Result<()> {
+    api.call(Method::DELETE, path, None).await?;
+    deleted(common);
+    Ok(())
+}
+
 /// The version to change: the one given, or the current one read first.
 pub async fn version_of(api: &Api, path: &str, given: Option<u32>) -> anyhow::Result<u32> {
     if let Some(v) = given {
@@ -103,20 +130,17 @@ pub async fn scopes(common: &Common, s: crate::args::Scopes) -> anyhow::Result<E
             scope_id,
             recursive,
         } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/scopes?scope_id={scope_id}&recursive={recursive}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Scope", "No child scopes found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/scopes?scope_id={scope_id}&recursive={recursive}"),
+                "Scope",
+                "No child scopes found",
+            )
+            .await?;
         }
         Scopes::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/scopes/{id}"), None)
-                .await?;
-            show(common, "Scope", &v);
+            read(&api, common, &format!("/v1/scopes/{id}"), "Scope").await?;
         }
         Scopes::Update {
             id,
@@ -137,9 +161,7 @@ pub async fn scopes(common: &Common, s: crate::args::Scopes) -> anyhow::Result<E
             show(common, "Scope", &v);
         }
         Scopes::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/scopes/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/scopes/{id}")).await?;
         }
         Scopes::RotateKeys { scope_id } => return crate::api::rotate_keys(common, &scope_id).await,
     }
@@ -164,25 +186,26 @@ pub async fn host_catalogs(common: &Common, c: HostCatalogs) -> anyhow::Result<E
             update_static(&api, common, "host-catalogs", "Host catalog", u).await?
         }
         HostCatalogs::List { scope_id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/host-catalogs?scope_id={scope_id}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Host catalog", "No host catalogs found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/host-catalogs?scope_id={scope_id}"),
+                "Host catalog",
+                "No host catalogs found",
+            )
+            .await?;
         }
         HostCatalogs::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/host-catalogs/{id}"), None)
-                .await?;
-            show(common, "Host catalog", &v);
+            read(
+                &api,
+                common,
+                &format!("/v1/host-catalogs/{id}"),
+                "Host catalog",
+            )
+            .await?;
         }
         HostCatalogs::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/host-catalogs/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/host-catalogs/{id}")).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -204,25 +227,20 @@ pub async fn hosts(common: &Common, h: Hosts) -> anyhow::Result<ExitCode> {
         }
         Hosts::Update(u) => update_static(&api, common, "hosts", "Host", u).await?,
         Hosts::List { host_catalog_id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/hosts?host_catalog_id={host_catalog_id}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Host", "No hosts found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/hosts?host_catalog_id={host_catalog_id}"),
+                "Host",
+                "No hosts found",
+            )
+            .await?;
         }
         Hosts::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/hosts/{id}"), None)
-                .await?;
-            show(common, "Host", &v);
+            read(&api, common, &format!("/v1/hosts/{id}"), "Host").await?;
         }
         Hosts::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/hosts/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/hosts/{id}")).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -258,25 +276,20 @@ pub async fn host_sets(common: &Common, h: HostSets) -> anyhow::Result<ExitCode>
         }
         HostSets::Update(u) => update_static(&api, common, "host-sets", "Host set", u).await?,
         HostSets::List { host_catalog_id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/host-sets?host_catalog_id={host_catalog_id}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Host set", "No host sets found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/host-sets?host_catalog_id={host_catalog_id}"),
+                "Host set",
+                "No host sets found",
+            )
+            .await?;
         }
         HostSets::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/host-sets/{id}"), None)
-                .await?;
-            show(common, "Host set", &v);
+            read(&api, common, &format!("/v1/host-sets/{id}"), "Host set").await?;
         }
         HostSets::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/host-sets/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/host-sets/{id}")).await?;
         }
         HostSets::AddHosts(a) => change_hosts(&api, common, "add-hosts", a).await?,
         HostSets::RemoveHosts(a) => change_hosts(&api, common, "remove-hosts", a).await?,
@@ -308,25 +321,20 @@ pub async fn auth_tokens(common: &Common, t: crate::args::AuthTokens) -> anyhow:
     let api = Api::authed(common)?;
     match t {
         AuthTokens::List { scope_id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/auth-tokens?scope_id={scope_id}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Auth Token", "No auth tokens found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/auth-tokens?scope_id={scope_id}"),
+                "Auth Token",
+                "No auth tokens found",
+            )
+            .await?;
         }
         AuthTokens::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/auth-tokens/{id}"), None)
-                .await?;
-            show(common, "Auth Token", &v);
+            read(&api, common, &format!("/v1/auth-tokens/{id}"), "Auth Token").await?;
         }
         AuthTokens::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/auth-tokens/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/auth-tokens/{id}")).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -359,10 +367,7 @@ pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
             show_list(common, "User", "No users found", &v);
         }
         Users::Read { id } => {
-            let v = api
-                .call(Method::GET, &format!("/v1/users/{id}"), None)
-                .await?;
-            show(common, "User", &v);
+            read(&api, common, &format!("/v1/users/{id}"), "User").await?;
         }
         Users::Update {
             id,
@@ -392,9 +397,7 @@ pub async fn users(common: &Common, u: Users) -> anyhow::Result<ExitCode> {
             show(common, "User", &v);
         }
         Users::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/users/{id}"), None)
-                .await?;
-            deleted(common);
+            delete(&api, common, &format!("/v1/users/{id}")).await?;
         }
         Users::AddAccounts {
             id,
@@ -432,14 +435,14 @@ pub async fn accounts(common: &Common, a: Accounts) -> anyhow::Result<ExitCode> 
             show(common, "Account", &v);
         }
         Accounts::List { auth_method_id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/accounts?auth_method_id={auth_method_id}"),
-                    None,
-                )
-                .await?;
-            show_list(common, "Account", "No accounts found", &v);
+            list(
+                &api,
+                common,
+                &format!("/v1/accounts?auth_method_id={auth_method_id}"),
+                "Account",
+                "No accounts found",
+            )
+            .await?;
         }
     }
     Ok(ExitCode::SUCCESS)

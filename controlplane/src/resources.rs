@@ -81,7 +81,7 @@ fn check_address(a: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     if name.len() > 128 {
         return Err(ApiError::bad_request("a name is at most 128 characters"));
     }

@@ -9,7 +9,7 @@ use crate::api::ApiError;
 use crate::controller::{enc, Controller, Principal};
 use crate::ids::new_id;
 use crate::model::Scope;
-use crate::resources::{cancel_where, check_version, require_admin};
+use crate::resources::{cancel_where, check_name, check_version, require_admin};
 use crate::store::{Table, Write};
 
 /// The global scope, parent of every org. It is not stored.
@@ -26,13 +26,6 @@ pub fn global() -> Scope {
     }
 }
 
-fn check_scope_name(name: &str) -> Result<(), ApiError> {
-    if name.len() > 128 {
-        return Err(ApiError::bad_request("a name is at most 128 characters"));
-    }
-    Ok(())
-}
-
 impl Controller {
     /// Creates an org (under `global`) or a project (under an org); admin only. Names are
     /// unique among siblings.
@@ -44,7 +37,7 @@ impl Controller {
         description: &str,
     ) -> Result<Scope, ApiError> {
         require_admin(p, "create scopes")?;
-        check_scope_name(name)?;
+        check_name(name)?;
         let now = Timestamp::now();
         let (s, done) = {
             let mut st = self.state();
@@ -139,7 +132,7 @@ impl Controller {
             return Err(ApiError::bad_request("the global scope cannot be changed"));
         }
         if let Some(n) = &name {
-            check_scope_name(n)?;
+            check_name(n)?;
         }
         let (s, done) = {
             let mut st = self.state();

@@ -246,6 +246,35 @@ impl Dev {
         dev
     }
 
+    /// Authenticates without storing the token and returns the JSON `authenticate` printed;
+    /// the token is at `["attributes"]["token"]`.
+    pub fn login(&self, login: &str, password: &str) -> serde_json::Value {
+        let out = self.sluice(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            login,
+            "-password",
+            password,
+            "-format",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{login} could not log in: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_str(&text(&out.stdout)).expect("authenticate prints JSON")
+    }
+
+    /// The auth token of `login`, not stored (pass it with `-token`).
+    pub fn login_token(&self, login: &str, password: &str) -> String {
+        self.login(login, password)["attributes"]["token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
+    }
+
     /// A `sluice` command against this controller, as its user.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(sluice_bin());

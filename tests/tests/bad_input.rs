@@ -6,27 +6,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use sluice_e2e::{text, Dev};
+use sluice_e2e::Dev;
 
 const PROJECT: &str = "p_1234567890";
 
 fn http(api: &str, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
     sluice_e2e::http_request(api, method, path, bearer, body).expect("the API answers")
-}
-
-fn bearer(dev: &Dev, login: &str) -> String {
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        login,
-        "-password",
-        "password",
-        "-format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    v["attributes"]["token"].as_str().unwrap().to_owned()
 }
 
 fn stored(dev: &Dev) -> String {
@@ -53,8 +38,8 @@ fn stored(dev: &Dev) -> String {
 #[test]
 fn the_api_refuses_each_bad_request_clearly_and_changes_nothing() {
     let dev = Dev::start(&[]);
-    let admin = bearer(&dev, "admin");
-    let user = bearer(&dev, "user");
+    let admin = dev.login_token("admin", "password");
+    let user = dev.login_token("user", "password");
     let out = dev.ok(&[
         "targets",
         "authorize-session",

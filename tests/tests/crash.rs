@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_e2e::{http_request, text, wait_for, Dev};
+use sluice_e2e::{http_request, wait_for, Dev};
 
 #[test]
 fn a_controller_killed_during_1000_concurrent_authorizations_keeps_every_acknowledged_session() {
@@ -12,18 +12,7 @@ fn a_controller_killed_during_1000_concurrent_authorizations_keeps_every_acknowl
     let data_dir = data.path().display().to_string();
     let proxy = format!("127.0.0.1:{}", sluice_e2e::free_udp_port());
     let mut dev = Dev::start(&["-data-dir", &data_dir, "-proxy-addr", &proxy]);
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        "admin",
-        "-password",
-        "password",
-        "-format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    let bearer = v["attributes"]["token"].as_str().unwrap().to_owned();
+    let bearer = dev.login_token("admin", "password");
 
     // 1,000 clients authorize as fast as they can; each keeps the ids it got a 200 for.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -267,18 +267,7 @@ fn resources_built_from_the_cli_carry_sessions_and_refuse_bad_input() {
     );
 
     // The unprivileged user may not create resources.
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        "user",
-        "-password",
-        "password",
-        "-format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    let user_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    let user_token = dev.login_token("user", "password");
     fails_with(
         &dev,
         &[
@@ -578,18 +567,7 @@ fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
     );
     let erin = id_of(&out);
     dev.ok(&["users", "add-accounts", "-id", &erin, "-account", &account]);
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        "erin",
-        "-password",
-        "erin-secret-1",
-        "-format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    let erin_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    let erin_token = dev.login_token("erin", "erin-secret-1");
     let out = dev.ok(&[
         "targets",
         "list",
@@ -661,38 +639,12 @@ fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
     assert!(!dev.ok(&["scopes", "list", "-recursive"]).contains(&org));
 
     // The unprivileged user may read scopes but not create them.
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        "user",
-        "-password",
-        "password",
-        "-format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    let user_token = v["attributes"]["token"].as_str().unwrap().to_owned();
+    let user_token = dev.login_token("user", "password");
     fails_with(
         &dev,
         &["scopes", "create", "-name", "mine", "-token", &user_token],
         "only an administrator",
     );
-}
-
-fn login_json(dev: &Dev, login: &str) -> serde_json::Value {
-    let out = dev.sluice(&[
-        "authenticate",
-        "password",
-        "-login-name",
-        login,
-        "-password",
-        "password",
-        "-format",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    serde_json::from_str(&text(&out.stdout)).unwrap()
 }
 
 #[test]
@@ -719,7 +671,7 @@ fn auth_tokens_are_listed_read_revoked_and_expire_as_configured() {
     let mut setup = sluice_e2e::ServerSetup::new(22);
     setup.controller_toml = "[controller]\nauth_token_time_to_live = \"6s\"\n".into();
     let dev = Dev::server(&setup);
-    let user = login_json(&dev, "user");
+    let user = dev.login("user", "password");
     let user_token = user["attributes"]["token"].as_str().unwrap().to_owned();
     let user_token_id = user["attributes"]["id"].as_str().unwrap().to_owned();
     let created: jiff::Timestamp = user["attributes"]["created_time"]

@@ -1,6 +1,5 @@
 //! The controller API client and the commands that only talk to it.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
@@ -118,18 +117,11 @@ fn print_json(v: &Value) {
 }
 
 pub async fn authenticate(common: &Common, a: PasswordArgs) -> anyhow::Result<ExitCode> {
-    let password = match a.password {
-        Some(p) => crate::secrets::resolve(&p, "-password")?,
-        None => {
-            if !std::io::stdin().is_terminal() {
-                anyhow::bail!(
-                    "no -password given and standard input is not a terminal to prompt on: pass -password env://VAR or -password file://PATH"
-                );
-            }
-            rpassword::prompt_password("Please enter the password (it will be hidden): ")
-                .context("while reading the password")?
-        }
-    };
+    let password = crate::secrets::secret_or_prompt(
+        a.password.as_deref(),
+        "-password",
+        "Please enter the password (it will be hidden): ",
+    )?;
     let api = Api::new(common, None)?;
     let v = api
         .call(

@@ -594,6 +594,41 @@ pub enum Accounts {
         #[arg(long, default_value = "ampw_1234567890")]
         auth_method_id: String,
     },
+    /// Show an account (administrators: any; users: their own)
+    Read {
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete an account: its auth tokens are revoked and their sessions canceled
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// Set an account's password without the current one (administrators)
+    SetPassword {
+        #[arg(long)]
+        id: String,
+        /// env://VAR, file://PATH or the password itself (asked for when absent)
+        #[arg(long)]
+        password: Option<String>,
+        /// The version to change (default: the current one, read first)
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Change the password of your own account
+    ChangePassword {
+        #[arg(long)]
+        id: String,
+        /// env://VAR, file://PATH or the password itself (asked for when absent)
+        #[arg(long)]
+        current_password: Option<String>,
+        /// env://VAR, file://PATH or the password itself (asked for when absent)
+        #[arg(long)]
+        new_password: Option<String>,
+        /// The version to change (default: the current one, read first)
+        #[arg(long)]
+        version: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

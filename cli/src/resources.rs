@@ -444,6 +444,55 @@ pub async fn accounts(common: &Common, a: Accounts) -> anyhow::Result<ExitCode> 
             )
             .await?;
         }
+        Accounts::Read { id } => {
+            read(&api, common, &format!("/v1/accounts/{id}"), "Account").await?;
+        }
+        Accounts::Delete { id } => {
+            delete(&api, common, &format!("/v1/accounts/{id}")).await?;
+        }
+        Accounts::SetPassword {
+            id,
+            password,
+            version,
+        } => {
+            let password = crate::secrets::secret_or_prompt(
+                password.as_deref(),
+                "-password",
+                "Please enter the new password (it will be hidden): ",
+            )?;
+            let path = format!("/v1/accounts/{id}");
+            let version = version_of(&api, &path, version).await?;
+            let body = json!({"version": version, "password": password});
+            let v = api
+                .call(Method::POST, &format!("{path}:set-password"), Some(body))
+                .await?;
+            show(common, "Account", &v);
+        }
+        Accounts::ChangePassword {
+            id,
+            current_password,
+            new_password,
+            version,
+        } => {
+            let current = crate::secrets::secret_or_prompt(
+                current_password.as_deref(),
+                "-current-password",
+                "Please enter the current password (it will be hidden): ",
+            )?;
+            let new = crate::secrets::secret_or_prompt(
+                new_password.as_deref(),
+                "-new-password",
+                "Please enter the new password (it will be hidden): ",
+            )?;
+            let path = format!("/v1/accounts/{id}");
+            let version = version_of(&api, &path, version).await?;
+            let body =
+                json!({"version": version, "current_password": current, "new_password": new});
+            let v = api
+                .call(Method::POST, &format!("{path}:change-password"), Some(body))
+                .await?;
+            show(common, "Account", &v);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

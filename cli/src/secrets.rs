@@ -19,6 +19,22 @@ pub fn resolve(value: &str, what: &str) -> anyhow::Result<String> {
     Ok(value.to_owned())
 }
 
+/// Resolves a secret flag, or asks for it on the terminal (hidden) when it was not given.
+pub fn secret_or_prompt(value: Option<&str>, flag: &str, prompt: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    match value {
+        Some(v) => resolve(v, flag),
+        None => {
+            if !std::io::stdin().is_terminal() {
+                bail!(
+                    "no {flag} given and standard input is not a terminal to prompt on: pass {flag} env://VAR or {flag} file://PATH"
+                );
+            }
+            rpassword::prompt_password(prompt).with_context(|| format!("while reading {flag}"))
+        }
+    }
+}
+
 fn token_path() -> anyhow::Result<PathBuf> {
     let dir = dirs::config_dir()
         .context("cannot find a config directory to keep the token in; set HOME or pass -token")?;

@@ -156,6 +156,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
                 .post(user_action),
         )
         .route("/v1/accounts", get(list_accounts).post(create_account))
+        .route(
+            "/v1/accounts/{id_action}",
+            get(read_account)
+                .delete(delete_account)
+                .post(account_action),
+        )
         .route("/v1/workers:create:controller-led", post(create_worker))
         .route("/v1/workers", get(list_workers))
         .route("/v1/scopes", get(list_scopes).post(create_scope))
@@ -1216,7 +1222,71 @@ struct AccountAttributes {
 
 fn account_json(a: &crate::model::Account) -> Value {
     json!({"id": a.id, "auth_method_id": a.auth_method_id, "type": "password",
-           "user_id": a.user_id, "attributes": {"login_name": a.login_name}})
+           "user_id": a.user_id, "version": a.version,
+           "created_time": a.created_time, "updated_time": a.updated_time,
+           "scope": {"id": "global", "type": "global", "name": "global"},
+           "attributes": {"login_name": a.login_name}})
+}
+
+/// The body of `:set-password` and `:change-password`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    current_password: Option<String>,
+    #[serde(default)]
+    new_password: Option<String>,
+}
+
+async fn read_account(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&c, &headers)?;
+    Ok(item(account_json(&c.read_account(&p, &id)?)))
+}
+
+async fn delete_account(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let p = principal(&c, &headers)?;
+    c.delete_account(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn account_action(
+    State(c): State<Ctl>,
+    headers: HeaderMap,
+    Path(id_action): Path<String>,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    let (id, action) = split_action(&id_action);
+    let p = principal(&c, &headers)?;
+    let b: PasswordBody = parse_body(&body)?;
+    let required = |v: Option<String>, name: &str| {
+        v.ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
+    };
+    let a = match action {
+        Some("set-password") => {
+            let pw = required(b.password, "password")?;
+            c.set_account_password(&p, id, b.version, &pw).await?
+        }
+        Some("change-password") => {
+            let current = required(b.current_password, "current_password")?;
+            let new = required(b.new_password, "new_password")?;
+            c.change_account_password(&p, id, b.version, &current, &new)
+                .await?
+        }
+        _ => return Err(ApiError::not_found(format!("no action {id_action}"))),
+    };
+    Ok(item(account_json(&a)))
 }
 
 async fn create_account(
@@ -1309,6 +1379,7 @@ pub(crate) fn parse_every_body(body: &str) {
     let _ = parse_body::<CreateBody>(body);
     let _ = parse_body::<UserBody>(body);
     let _ = parse_body::<AccountBody>(body);
+    let _ = parse_body::<PasswordBody>(body);
     let _ = parse_body::<crate::resources::HostUpdate>(body);
     let filters = [
         parse_body::<TargetCreate>(body)

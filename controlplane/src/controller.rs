@@ -157,7 +157,7 @@ pub struct Controller {
     pub(crate) next_generation: std::sync::atomic::AtomicU64,
     /// How long a new auth token lives, in seconds.
     auth_token_ttl_secs: std::sync::atomic::AtomicI64,
-    logins: crate::throttle::LoginThrottle,
+    pub(crate) logins: crate::throttle::LoginThrottle,
 }
 
 /// How long auth tokens live unless configured: 7 days, as Boundary's default.
@@ -400,6 +400,30 @@ impl Controller {
         }
     }
 
+    /// Whether `password` matches the Argon2 PHC string `hash`. At most a few checks run at
+    /// once (the login throttle's slots); beyond them callers wait, then get 503.
+    pub(crate) async fn verify_password(
+        &self,
+        hash: String,
+        password: &str,
+    ) -> Result<bool, ApiError> {
+        let password = password.to_owned();
+        let slot = self.logins.hash_slot().await?;
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        drop(slot);
+        Ok(ok)
+    }
+
     /// Checks a login name and password against a password auth method and issues an auth token.
     pub async fn authenticate(
         self: &Arc<Self>,
@@ -432,20 +456,7 @@ impl Controller {
                 .get_or_init(|| hash_password("not a password"))
                 .clone(),
         };
-        let password = password.to_owned();
-        let slot = self.logins.hash_slot().await?;
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        drop(slot);
+        let ok = self.verify_password(hash, password).await?;
         let account = match account {
             Some(a) if ok => a,
             _ => {
@@ -1058,6 +1069,9 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
                 login_name: login.clone(),
                 password_hash: hash_password(password),
                 user_id: user_id.into(),
+                version: 1,
+                created_time: now,
+                updated_time: now,
             },
         };
         put(&user.id, enc(&user));

@@ -2,6 +2,7 @@
 //! token issuer and the HTTP API.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod api;
 pub mod api_tls;
 pub mod cluster;

@@ -55,6 +55,14 @@ pub struct Account {
     /// Argon2id PHC string.
     pub password_hash: String,
     pub user_id: String,
+    /// Raised by every change (a new password, a new user); records stored before versions
+    /// existed read as 1.
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default = "epoch")]
+    pub created_time: Timestamp,
+    #[serde(default = "epoch")]
+    pub updated_time: Timestamp,
 }
 
 /// An auth token. Only the SHA-256 of its secret is stored.

@@ -8,7 +8,7 @@ use tracing::info;
 use crate::api::ApiError;
 use crate::controller::{enc, Controller, Principal, State};
 use crate::ids::new_id;
-use crate::model::{Account, Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
+use crate::model::{Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
 use crate::sessions;
 use crate::store::{Table, Write};
 
@@ -767,6 +767,8 @@ impl Controller {
             }
             for a in st.accounts.values_mut().filter(|a| a.user_id == id) {
                 a.user_id = String::new();
+                a.version += 1;
+                a.updated_time = now;
                 writes.push(Write::Put(Table::Resources, a.id.clone(), enc(&*a)));
             }
             writes.push(Write::Delete(Table::Resources, id.to_owned()));
@@ -776,95 +778,6 @@ impl Controller {
         self.push_cancels(pushes);
         info!(user_id = %id, "user deleted");
         Ok(())
-    }
-
-    /// Creates a password account; `user_id` (optional) associates it with a user at once.
-    pub async fn create_account(
-        &self,
-        p: &Principal,
-        auth_method_id: &str,
-        login_name: &str,
-        password: &str,
-        user_id: Option<&str>,
-    ) -> Result<Account, ApiError> {
-        require_admin(p, "create accounts")?;
-        if auth_method_id != crate::controller::dev_ids::AUTH_METHOD {
-            return Err(ApiError::not_found(format!(
-                "auth method {auth_method_id} not found"
-            )));
-        }
-        let valid_login = (3..=64).contains(&login_name.len())
-            && login_name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.@".contains(c));
-        if !valid_login {
-            return Err(ApiError::bad_request(
-                "a login name is 3–64 characters of lowercase letters, digits and - _ . @",
-            ));
-        }
-        if password.len() < 8 || password.len() > 1024 {
-            return Err(ApiError::bad_request("a password is 8–1024 characters"));
-        }
-        {
-            let st = self.state();
-            if st
-                .accounts
-                .values()
-                .any(|a| a.auth_method_id == auth_method_id && a.login_name == login_name)
-            {
-                return Err(ApiError::conflict(format!(
-                    "an account with login name {login_name:?} already exists"
-                )));
-            }
-            if let Some(u) = user_id {
-                if !st.users.contains_key(u) {
-                    return Err(ApiError::not_found(format!("user {u} not found")));
-                }
-            }
-        }
-        let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || crate::controller::hash_password(&pw))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let a = Account {
-            id: new_id("acctpw"),
-            auth_method_id: auth_method_id.into(),
-            login_name: login_name.into(),
-            password_hash: hash,
-            user_id: user_id.unwrap_or_default().into(),
-        };
-        let done = {
-            let mut st = self.state();
-            if st
-                .accounts
-                .values()
-                .any(|x| x.auth_method_id == auth_method_id && x.login_name == login_name)
-            {
-                return Err(ApiError::conflict(format!(
-                    "an account with login name {login_name:?} already exists"
-                )));
-            }
-            st.accounts.insert(a.id.clone(), a.clone());
-            self.persist(vec![Write::Put(Table::Resources, a.id.clone(), enc(&a))])
-        };
-        done.await?;
-        Ok(a)
-    }
-
-    /// Password accounts of an auth method (admin only).
-    pub fn list_accounts(
-        &self,
-        p: &Principal,
-        auth_method_id: &str,
-    ) -> Result<Vec<Account>, ApiError> {
-        require_admin(p, "list accounts")?;
-        Ok(self
-            .state()
-            .accounts
-            .values()
-            .filter(|a| a.auth_method_id == auth_method_id)
-            .cloned()
-            .collect())
     }
 
     /// Associates accounts with a user (admin only).
@@ -884,11 +797,11 @@ impl Controller {
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(format!("user {user_id} not found")))?;
             check_version(user_id, u.version, version)?;
-            let mut writes = Vec::new();
+            // Check every account before changing any, so a refusal leaves all as they were.
             for id in accounts {
                 let a = st
                     .accounts
-                    .get_mut(id)
+                    .get(id)
                     .ok_or_else(|| ApiError::not_found(format!("account {id} not found")))?;
                 if !a.user_id.is_empty() && a.user_id != user_id {
                     return Err(ApiError::conflict(format!(
@@ -896,8 +809,17 @@ impl Controller {
                         a.user_id
                     )));
                 }
-                a.user_id = user_id.into();
-                writes.push(Write::Put(Table::Resources, a.id.clone(), enc(&*a)));
+            }
+            let now = Timestamp::now();
+            let mut writes = Vec::new();
+            for id in accounts {
+                let a = st.accounts.get_mut(id).expect("checked above");
+                if a.user_id != user_id {
+                    a.user_id = user_id.into();
+                    a.version += 1;
+                    a.updated_time = now;
+                    writes.push(Write::Put(Table::Resources, a.id.clone(), enc(&*a)));
+                }
             }
             let u = st.users.get_mut(user_id).expect("checked above");
             u.version += 1;
@@ -907,16 +829,6 @@ impl Controller {
         };
         done.await?;
         Ok(u)
-    }
-
-    /// Accounts of a user.
-    pub fn user_accounts(&self, user_id: &str) -> Vec<String> {
-        self.state()
-            .accounts
-            .values()
-            .filter(|a| a.user_id == user_id)
-            .map(|a| a.id.clone())
-            .collect()
     }
 }
 

@@ -735,3 +735,186 @@ fn auth_tokens_are_listed_read_revoked_and_expire_as_configured() {
     std::thread::sleep(Duration::from_secs(7));
     fails_with(&dev, &["auth-tokens", "list"], "authenticate password");
 }
+
+#[test]
+fn accounts_are_read_deleted_and_their_passwords_set_and_changed() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+    let user = id_of(&dev.ok(&["users", "create", "-name", "dave"]));
+    let out = dev.ok(&[
+        "accounts",
+        "create",
+        "password",
+        "-login-name",
+        "dave",
+        "-password",
+        "dave-first-pw",
+        "-user-id",
+        &user,
+    ]);
+    let account = id_of(&out);
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("1"), "{out}");
+    let as_dave = |token: &str, args: &[&str]| {
+        let mut c = dev.cmd(args);
+        c.env("SLUICE_TOKEN", token);
+        let mut p = Proc::spawn(c);
+        let ok = p.wait(Duration::from_secs(60)).success();
+        (ok, p.stdout(), p.stderr())
+    };
+    // Logging in stores the token in HOME: Dave's go elsewhere than the admin's.
+    let dave_home = tempfile::tempdir().unwrap();
+    let can_log_in = |pw: &str| {
+        let mut c = dev.cmd(&[
+            "authenticate",
+            "password",
+            "-login-name",
+            "dave",
+            "-password",
+            pw,
+        ]);
+        c.env("HOME", dave_home.path())
+            .env("XDG_CONFIG_HOME", dave_home.path().join(".config"));
+        Proc::spawn(c).wait(Duration::from_secs(60)).success()
+    };
+    let token = dev.login_token("dave", "dave-first-pw");
+
+    // Dave reads his own account, not the admin's.
+    let (ok, out, err) = as_dave(&token, &["accounts", "read", "-id", &account]);
+    assert!(ok, "{err}");
+    assert_eq!(Dev::field(&out, "Login Name").as_deref(), Some("dave"));
+    assert_eq!(Dev::field(&out, "User ID"), Some(user.clone()), "{out}");
+    let (ok, _, err) = as_dave(&token, &["accounts", "read", "-id", "acctpw_1234567890"]);
+    assert!(
+        !ok && err.contains("HTTP 403") && err.contains("not yours"),
+        "{err}"
+    );
+    let (ok, _, err) = as_dave(
+        &token,
+        &[
+            "accounts",
+            "set-password",
+            "-id",
+            &account,
+            "-password",
+            "x-long-password",
+        ],
+    );
+    assert!(!ok && err.contains("only an administrator"), "{err}");
+
+    // Changing his password needs the current one and the current version.
+    let change = |current: &str, new: &str, version: Option<&str>| {
+        let mut args = vec![
+            "accounts",
+            "change-password",
+            "-id",
+            &account,
+            "-current-password",
+            current,
+            "-new-password",
+            new,
+        ];
+        if let Some(v) = version {
+            args.extend(["-version", v]);
+        }
+        as_dave(&token, &args)
+    };
+    let (ok, _, err) = change("not-his-password", "dave-second-pw", None);
+    assert!(!ok && err.contains("current password is wrong"), "{err}");
+    let (ok, _, err) = change("dave-first-pw", "dave-second-pw", Some("7"));
+    assert!(!ok && err.contains("HTTP 409"), "{err}");
+    let (ok, _, err) = change("dave-first-pw", "short", None);
+    assert!(!ok && err.contains("8–1024 characters"), "{err}");
+    assert!(can_log_in("dave-first-pw"), "refusals changed nothing");
+    let (ok, out, err) = change("dave-first-pw", "dave-second-pw", None);
+    assert!(ok, "{err}");
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("2"), "{out}");
+    assert!(!can_log_in("dave-first-pw"));
+    assert!(can_log_in("dave-second-pw"));
+
+    // An administrator sets it without knowing it; the version moves on.
+    fails_with(
+        &dev,
+        &[
+            "accounts",
+            "set-password",
+            "-id",
+            &account,
+            "-password",
+            "admin-set-pw",
+            "-version",
+            "1",
+        ],
+        "HTTP 409",
+    );
+    fails_with(
+        &dev,
+        &[
+            "accounts",
+            "set-password",
+            "-id",
+            &account,
+            "-password",
+            "file:///nonexistent/pw",
+        ],
+        "refers to file /nonexistent/pw, which could not be read",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "admin-set-pw\n").unwrap();
+    let pw_ref = format!("file://{}", pw_file.display());
+    let out = dev.ok(&[
+        "accounts",
+        "set-password",
+        "-id",
+        &account,
+        "-password",
+        &pw_ref,
+    ]);
+    assert_eq!(Dev::field(&out, "Version").as_deref(), Some("3"), "{out}");
+    assert!(!can_log_in("dave-second-pw"));
+    assert!(can_log_in("admin-set-pw"));
+
+    // Deleting the account revokes Dave's tokens and cancels the sessions made with them.
+    let token = dev.login_token("dave", "admin-set-pw");
+    let mut c = dev.cmd(&["connect", "-target-id", "ttcp_1234567890"]);
+    c.env("SLUICE_TOKEN", &token);
+    let mut conn = Proc::spawn(c);
+    let (port, sid) = wait_for("dave's connect", Duration::from_secs(30), || {
+        let out = conn.stdout();
+        Some((
+            Dev::field(&out, "Port")?.parse::<u16>().ok()?,
+            Dev::field(&out, "Session ID")?,
+        ))
+    });
+    ssh_echo(&sshd, port, "dave-was-here");
+    let admin_account = "acctpw_1234567890";
+    fails_with(
+        &dev,
+        &["accounts", "delete", "-id", admin_account],
+        "the account you are logged in with",
+    );
+    dev.ok(&["accounts", "delete", "-id", &account]);
+    conn.wait(Duration::from_secs(15));
+    assert!(
+        conn.stdout().contains("Session was canceled"),
+        "{}",
+        conn.stdout()
+    );
+    let read = dev.wait_status(&sid, "terminated", Duration::from_secs(15));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
+    let (ok, _, err) = as_dave(&token, &["sessions", "list", "-scope-id", PROJECT]);
+    assert!(!ok && err.contains("invalid or has expired"), "{err}");
+    assert!(!can_log_in("admin-set-pw"));
+    fails_with(&dev, &["accounts", "read", "-id", &account], "HTTP 404");
+    let list = dev.ok(&["accounts", "list"]);
+    assert!(
+        !list.contains(&account) && list.contains(admin_account),
+        "{list}"
+    );
+    // The user stays, without the account.
+    let out = dev.ok(&["users", "read", "-id", &user]);
+    assert!(!out.contains(&account), "{out}");
+}

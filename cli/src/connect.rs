@@ -82,6 +82,9 @@ fn read_token(flag: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
+    // Quiet by default (the terminal belongs to the user's client); SLUICE_LOG=debug shows
+    // why each connection ended.
+    crate::dev::init_logging_or("error");
     let token = match (&a.authz_token, &a.target_id) {
         (Some(t), _) => read_token(t)?,
         (None, Some(target)) => {
@@ -99,8 +102,8 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("while opening the session at its worker")?,
     );
-    let listener = TcpListener::bind((a.listen_addr, a.listen_port))
-        .await
+    let listener = sluice_dataplane::net::bind_local((a.listen_addr, a.listen_port).into())
+        .and_then(TcpListener::from_std)
         .with_context(|| format!("while listening on {}:{}", a.listen_addr, a.listen_port))?;
     let local = listener.local_addr()?;
     let claims = session.claims().clone();

@@ -57,9 +57,13 @@ fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
 }
 
 pub(crate) fn init_logging() {
+    init_logging_or("info,quinn=warn");
+}
+
+/// Logs to stderr at `SLUICE_LOG`, or at `default` when it is unset or invalid.
+pub(crate) fn init_logging_or(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn"));
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

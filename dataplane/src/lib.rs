@@ -12,7 +12,7 @@
 
 pub mod client;
 pub mod cluster;
-mod net;
+pub mod net;
 mod pool;
 mod registry;
 mod relay;
@@ -20,6 +20,7 @@ mod server;
 mod splice;
 mod stream_transport;
 pub mod tls;
+mod trim;
 
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};

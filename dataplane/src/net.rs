@@ -29,7 +29,24 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Pending connections a listener holds; the kernel caps it at `net.core.somaxconn` (4096
+/// here). 1024 overflowed under a burst of 1,000 connections while the threads were busy
+/// relaying, and the overflowed connections were reset.
+pub const LISTEN_BACKLOG: i32 = 65_535;
+
+/// A plain (not shared) non-blocking TCP listener with [`LISTEN_BACKLOG`], for `connect`'s
+/// local port.
+pub fn bind_local(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

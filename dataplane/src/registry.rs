@@ -62,6 +62,8 @@ pub(crate) struct Registry {
     keys: RwLock<KeySet>,
     events: mpsc::UnboundedSender<WorkerEvent>,
     inner: Mutex<Inner>,
+    /// Proxied connections closed since start; the memory trimmer watches it.
+    pub(crate) closed: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ impl Registry {
             keys: RwLock::new(keys),
             events,
             inner: Mutex::default(),
+            closed: Arc::default(),
         }
     }
 
@@ -360,6 +363,7 @@ impl LiveSession {
     }
 
     fn release(&self) {
+        self.registry.closed.fetch_add(1, Ordering::Relaxed);
         let mut c = lock(&self.counters);
         c.open = c.open.saturating_sub(1);
         let limit = self.claims.connection_limit;

@@ -103,6 +103,8 @@ pub struct Worker {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    trim_stop: Arc<std::sync::atomic::AtomicBool>,
+    trimmer: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -175,12 +177,16 @@ impl Worker {
                 })?;
             handles.push(handle);
         }
+        let trim_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trimmer = crate::trim::spawn(registry.closed.clone(), trim_stop.clone())?;
         info!(addr = %local_addr, threads, "worker listening");
         Ok(Self {
             registry,
             local_addr,
             stop,
             threads: handles,
+            trim_stop,
+            trimmer,
         })
     }
 
@@ -203,6 +209,10 @@ impl Worker {
         for t in self.threads {
             let _ = t.join();
         }
+        self.trim_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.trimmer.thread().unpark();
+        let _ = self.trimmer.join();
     }
 }
 
@@ -443,14 +453,20 @@ async fn handle_stream(
     client_addr: String,
 ) {
     let mut buf = BytesMut::new();
-    let header = tokio::time::timeout(
-        config.handshake_timeout,
-        crate::stream_transport::read_frame(&mut recv, &mut buf),
-    )
-    .await;
-    match header {
-        Ok(Ok(Frame::StreamOpen)) => {}
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+    // No time limit here: the stream belongs to a connection that already presented a valid
+    // token, and under load its header can wait behind other streams' data for as long as
+    // flow control holds it (1,000 concurrent bulk streams kept some waiting over 10 s, and a
+    // limit here cut them). A client that vanishes is caught by the connection's idle timeout.
+    match crate::stream_transport::read_frame(&mut recv, &mut buf).await {
+        Ok(Frame::StreamOpen) => {}
+        Ok(other) => {
+            debug!(frame = ?other, "stream did not start with a stream-open frame");
+            let _ = recv.stop(0u32.into());
+            let _ = send.reset(0u32.into());
+            return;
+        }
+        Err(refusal) => {
+            debug!(error = %refusal.message, "stream ended before its header");
             let _ = recv.stop(0u32.into());
             let _ = send.reset(0u32.into());
             return;

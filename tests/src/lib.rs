@@ -481,10 +481,25 @@ impl WorkerProc {
 
     /// Starts a worker whose controller link goes to `upstream` (for example a [`Cuttable`]).
     pub fn start_via(upstream: &str, token: Option<&str>, tags: &[&str]) -> Self {
+        Self::start_configured(upstream, token, tags, "")
+    }
+
+    /// Like [`WorkerProc::start_via`], with `config` as the worker's TOML file (flags still
+    /// give the address, upstream, identity directory and tags).
+    pub fn start_configured(
+        upstream: &str,
+        token: Option<&str>,
+        tags: &[&str],
+        config: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_udp_port();
+        let config_path = dir.path().join("worker.toml");
+        std::fs::write(&config_path, config).unwrap();
         let mut args: Vec<String> = vec![
             "worker".into(),
+            "-config".into(),
+            config_path.display().to_string(),
             "-proxy-addr".into(),
             format!("127.0.0.1:{port}"),
             "-initial-upstream".into(),
@@ -512,7 +527,8 @@ impl WorkerProc {
 
     fn spawn(args: &[String]) -> Proc {
         let mut cmd = Command::new(sluice_bin());
-        cmd.args(args).env("SLUICE_LOG", "info,quinn=warn");
+        let log = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info,quinn=warn".into());
+        cmd.args(args).env("SLUICE_LOG", log);
         Proc::spawn(cmd)
     }
 
@@ -551,11 +567,26 @@ impl WorkerProc {
         Self::spawn(&self.args[..end])
     }
 
+    /// The worker's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.proc.child.id())
+    }
+
     /// Kills the worker with SIGKILL.
     pub fn kill9(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
     }
+}
+
+/// Resident memory (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -1,0 +1,353 @@
+//! Load: many concurrent streams of known bytes through the QUIC and TCP transports, each
+//! checked by SHA-256 in both directions, with the worker's memory checked afterwards.
+//!
+//! Both tests are `#[ignore]`: they move tens of GiB and are meant for release binaries.
+//! - `streams_arrive_intact_and_worker_memory_returns_to_baseline`: 1,000 streams × 10 MB per
+//!   transport. `scripts/test.sh` runs it against the release build (`SLUICE_BIN`).
+//! - `soak`: rounds of the same for an hour (`SLUICE_SOAK_SECS`), with sessions authorized and
+//!   canceled between rounds; see docs/testing.md.
+//!
+//! `SLUICE_LOAD_STREAMS` and `SLUICE_LOAD_MB` change the size of a round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sluice_e2e::{rss_kib, Connect, Dev, ServerSetup, WorkerProc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TARGET: &str = "ttcp_1234567890";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An echo server on 127.0.0.1 in the test's runtime; returns its port.
+async fn echo_server() -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// What one round moved and what went wrong in it.
+#[derive(Debug, Default)]
+struct Round {
+    streams: usize,
+    bytes_each_way: u64,
+    failures: Vec<String>,
+}
+
+/// Opens `streams` connections to `port` at once; each sends `bytes` of its own content
+/// (a window into `pattern`) and reads the echo. Sent and received bytes are hashed and
+/// compared per stream.
+async fn round(port: u16, streams: usize, bytes: usize, pattern: Arc<Vec<u8>>) -> Round {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let pattern = pattern.clone();
+        tasks.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("stream {i}: connect: {e}"))?;
+            let (mut r, mut w) = s.split();
+            // Each stream starts at its own offset, so bytes that crossed streams are caught.
+            let start = (i * 4099) % (pattern.len() - (1 << 20));
+            let send = async {
+                let mut h = Sha256::new();
+                let mut left = bytes;
+                let mut at = start;
+                while left > 0 {
+                    let n = left.min(64 * 1024).min(pattern.len() - at);
+                    let chunk = &pattern[at..at + n];
+                    h.update(chunk);
+                    w.write_all(chunk)
+                        .await
+                        .map_err(|e| format!("stream {i}: write: {e}"))?;
+                    left -= n;
+                    at = if at + n == pattern.len() { 0 } else { at + n };
+                }
+                w.shutdown()
+                    .await
+                    .map_err(|e| format!("stream {i}: shutdown: {e}"))?;
+                Ok::<_, String>(h.finalize())
+            };
+            let recv = async {
+                let mut h = Sha256::new();
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = r
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| format!("stream {i}: read after {got} bytes: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    got += n;
+                }
+                Ok::<_, String>((h.finalize(), got))
+            };
+            let (sent, (back, got)) = tokio::try_join!(send, recv)?;
+            if got != bytes {
+                return Err(format!("stream {i}: sent {bytes} bytes, {got} came back"));
+            }
+            if sent != back {
+                return Err(format!(
+                    "stream {i}: the {got} bytes that came back differ from those sent (SHA-256)"
+                ));
+            }
+            Ok(())
+        });
+    }
+    let mut r = Round {
+        streams,
+        bytes_each_way: (streams * bytes) as u64,
+        failures: vec![],
+    };
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => r.failures.push(e),
+            Err(e) => r.failures.push(format!("stream task: {e}")),
+        }
+    }
+    r
+}
+
+/// 16 MiB of pseudo-random bytes that streams take their content from.
+fn pattern() -> Arc<Vec<u8>> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut v = Vec::with_capacity(16 << 20);
+    while v.len() < 16 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    Arc::new(v)
+}
+
+/// A controller, one worker (in its own process, plaintext allowed) and an echo target.
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    dev: Dev,
+    worker: WorkerProc,
+    _setup: ServerSetup,
+    pattern: Arc<Vec<u8>>,
+}
+
+impl Bench {
+    fn start() -> Self {
+        let _ = rlimit::increase_nofile_limit(20_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = rt.block_on(echo_server());
+        let setup = ServerSetup::new(port);
+        let dev = Dev::server(&setup);
+        let (_, token) = dev.create_worker("load");
+        let worker = WorkerProc::start_configured(
+            &setup.cluster_addr(),
+            Some(&token),
+            &[],
+            "[worker]\nallow_plaintext = true\n",
+        );
+        Self {
+            rt,
+            dev,
+            worker,
+            _setup: setup,
+            pattern: pattern(),
+        }
+    }
+
+    /// Runs one round through a new `connect -transport transport`, then closes the session.
+    fn through(&self, transport: &str, streams: usize, bytes: usize) -> (Round, Duration) {
+        let mut conn = Connect::start(
+            &self.dev,
+            &["connect", "-target-id", TARGET, "-transport", transport],
+        );
+        let start = Instant::now();
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(900),
+                round(conn.port, streams, bytes, self.pattern.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{transport}: the round took more than 15 minutes"))
+        });
+        let took = start.elapsed();
+        if !r.failures.is_empty() {
+            let tail = |s: String| {
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            };
+            println!(
+                "{transport}: {} streams failed; connect's log ends:\n{}\nthe worker's log ends:\n{}",
+                r.failures.len(),
+                tail(conn.proc.stderr()),
+                tail(self.worker.proc.stderr())
+            );
+        }
+        self.dev
+            .ok(&["sessions", "cancel", "-id", &conn.session_id]);
+        conn.proc.wait(Duration::from_secs(20));
+        (r, took)
+    }
+
+    /// Waits up to 30 s for the worker's memory to come back under `limit_kib`; returns it.
+    fn settled_rss(&self, limit_kib: u64) -> u64 {
+        let start = Instant::now();
+        loop {
+            let rss = self.worker.rss_kib();
+            if rss <= limit_kib || start.elapsed() > Duration::from_secs(30) {
+                return rss;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// How far above its starting memory the worker may stay once the load is gone: less than
+/// 16 KiB for each of the 1,000 streams, so state kept per stream would show.
+const SLACK_KIB: u64 = 16 * 1024;
+
+#[test]
+#[ignore = "moves 20 GiB per transport; scripts/test.sh runs it against the release build"]
+fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
+    let streams = env_or("SLUICE_LOAD_STREAMS", 1000);
+    let mb = env_or("SLUICE_LOAD_MB", 10);
+    let bench = Bench::start();
+    // Warm up each transport (thread pools, QUIC endpoints, buffers), then take the baseline.
+    for transport in ["quic", "tcp"] {
+        let (r, _) = bench.through(transport, 16, 1 << 20);
+        assert!(
+            r.failures.is_empty(),
+            "warm-up over {transport}: {:?}",
+            r.failures
+        );
+    }
+    let baseline = bench.settled_rss(0);
+    let transports = std::env::var("SLUICE_LOAD_TRANSPORTS").unwrap_or_else(|_| "quic,tcp".into());
+    for transport in transports.split(',') {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pid = bench.worker.proc.child.id();
+        let watch = {
+            let peak = peak.clone();
+            std::thread::spawn(move || {
+                let end = Instant::now() + Duration::from_secs(1800);
+                while Instant::now() < end {
+                    peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                    if peak.load(std::sync::atomic::Ordering::Relaxed) == u64::MAX {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        let (r, took) = bench.through(transport, streams, mb * 1_000_000);
+        let top = peak.swap(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        let _ = watch.join();
+        let after = bench.settled_rss(baseline + SLACK_KIB);
+        let gib = r.bytes_each_way as f64 / (1u64 << 30) as f64;
+        println!(
+            "{transport}: {} streams x {mb} MB, {gib:.1} GiB each way in {:.1} s ({:.0} MB/s each way); \
+             worker RSS {baseline} KiB before, {top} KiB peak, {after} KiB after; {} failed",
+            r.streams,
+            took.as_secs_f64(),
+            r.bytes_each_way as f64 / 1e6 / took.as_secs_f64(),
+            r.failures.len()
+        );
+        assert!(
+            r.failures.is_empty(),
+            "{transport}: {} of {} streams failed, first: {:?}",
+            r.failures.len(),
+            r.streams,
+            &r.failures[..r.failures.len().min(5)]
+        );
+        assert!(
+            after <= baseline + SLACK_KIB,
+            "{transport}: the worker's memory stayed at {after} KiB after the load, against {baseline} KiB before"
+        );
+    }
+    // The worker is still healthy: one more small round passes.
+    let (r, _) = bench.through("quic", 4, 1 << 20);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+}
+
+#[test]
+#[ignore = "an hour long; run by hand (docs/testing.md)"]
+fn soak() {
+    let secs = env_or("SLUICE_SOAK_SECS", 3600) as u64;
+    let streams = env_or("SLUICE_LOAD_STREAMS", 200);
+    let mb = env_or("SLUICE_LOAD_MB", 10);
+    let bench = Bench::start();
+    let (r, _) = bench.through("quic", 16, 1 << 20);
+    assert!(r.failures.is_empty(), "warm-up: {:?}", r.failures);
+    let (r, _) = bench.through("tcp", 16, 1 << 20);
+    assert!(r.failures.is_empty(), "warm-up: {:?}", r.failures);
+    let baseline = bench.settled_rss(0);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut rounds = 0usize;
+    let mut moved = 0u64;
+    let mut worst = baseline;
+    while Instant::now() < end {
+        for transport in ["quic", "tcp", "tls"] {
+            let (r, took) = bench.through(transport, streams, mb * 1_000_000);
+            rounds += 1;
+            moved += r.bytes_each_way;
+            let rss = bench.worker.rss_kib();
+            worst = worst.max(rss);
+            println!(
+                "round {rounds} ({transport}): {} streams in {:.1} s, worker RSS {rss} KiB",
+                r.streams,
+                took.as_secs_f64()
+            );
+            assert!(
+                r.failures.is_empty(),
+                "round {rounds} over {transport}: {:?}",
+                &r.failures[..r.failures.len().min(5)]
+            );
+        }
+        // Sessions come and go between rounds as they would in a day of use.
+        let sessions = bench
+            .dev
+            .ok(&["sessions", "list", "-scope-id", "p_1234567890"]);
+        assert!(!sessions.is_empty());
+    }
+    let after = bench.settled_rss(baseline + SLACK_KIB);
+    println!(
+        "soak: {rounds} rounds, {:.1} GiB each way, worker RSS {baseline} KiB at the start, {worst} KiB at worst, {after} KiB at the end",
+        moved as f64 / (1u64 << 30) as f64
+    );
+    assert!(
+        after <= baseline + SLACK_KIB,
+        "the worker's memory stayed at {after} KiB after the soak, against {baseline} KiB before"
+    );
+}

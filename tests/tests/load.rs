@@ -7,7 +7,9 @@
 //! - `soak`: rounds of the same for an hour (`SLUICE_SOAK_SECS`), with sessions authorized and
 //!   canceled between rounds; see docs/testing.md.
 //!
-//! `SLUICE_LOAD_STREAMS` and `SLUICE_LOAD_MB` change the size of a round.
+//! `SLUICE_LOAD_STREAMS` and `SLUICE_LOAD_MB` change the size of a round,
+//! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp`)
+//! which transports run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -270,6 +272,11 @@ fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
             })
+        };
+        // SLUICE_LOAD_QUIC_MB sizes the QUIC round on its own (see scripts/test.sh).
+        let mb = match transport {
+            "quic" => env_or("SLUICE_LOAD_QUIC_MB", mb),
+            _ => mb,
         };
         let (r, took) = bench.through(transport, streams, mb * 1_000_000);
         let top = peak.swap(u64::MAX, std::sync::atomic::Ordering::Relaxed);

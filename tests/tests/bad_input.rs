@@ -195,3 +195,103 @@ fn the_worker_closes_silent_slow_and_garbage_clients() {
         dev.proc.stderr()
     );
 }
+
+/// Bad command lines and secret references: each exits non-zero with a message naming the
+/// problem, never a panic, and changes nothing stored.
+#[test]
+fn the_cli_refuses_bad_flags_and_references_clearly() {
+    let dev = Dev::start(&[]);
+    let before = stored(&dev);
+    let missing = tempfile::tempdir().unwrap().path().join("no-such-file");
+    let missing_ref = format!("file://{}", missing.display());
+    let rows: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["targets", "list", "-no-such-flag"],
+            "unexpected argument",
+        ),
+        (vec!["targets", "read"], "required"),
+        (
+            vec![
+                "targets",
+                "update",
+                "tcp",
+                "-id",
+                "ttcp_1234567890",
+                "-version",
+                "abc",
+            ],
+            "invalid value",
+        ),
+        (
+            vec![
+                "connect",
+                "-target-id",
+                "ttcp_1234567890",
+                "-transport",
+                "pigeon",
+            ],
+            "invalid value",
+        ),
+        (
+            vec![
+                "connect",
+                "-target-id",
+                "ttcp_1234567890",
+                "-listen-port",
+                "70000",
+            ],
+            "invalid value",
+        ),
+        (vec!["no-such-command"], "unrecognized subcommand"),
+        (
+            vec![
+                "authenticate",
+                "password",
+                "-login-name",
+                "admin",
+                "-password",
+                "env://SLUICE_E2E_UNSET",
+            ],
+            "environment variable SLUICE_E2E_UNSET, which is not set",
+        ),
+        (
+            vec![
+                "authenticate",
+                "password",
+                "-login-name",
+                "admin",
+                "-password",
+                &missing_ref,
+            ],
+            "which could not be read",
+        ),
+        (
+            vec![
+                "accounts",
+                "create",
+                "password",
+                "-login-name",
+                "x-user",
+                "-password",
+                "env://SLUICE_E2E_UNSET",
+            ],
+            "which is not set",
+        ),
+        (
+            vec!["sessions", "read", "-id", "s_doesnotexist"],
+            "not found",
+        ),
+    ];
+    for (args, want) in rows {
+        let out = dev.sluice(&args);
+        let err = sluice_e2e::text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+    assert_eq!(
+        stored(&dev),
+        before,
+        "a refused command changed stored state"
+    );
+}

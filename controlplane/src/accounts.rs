@@ -9,7 +9,7 @@ use crate::api::ApiError;
 use crate::controller::{dev_ids, enc, Controller, Principal};
 use crate::ids::new_id;
 use crate::model::Account;
-use crate::resources::{cancel_where, check_version, require_admin};
+use crate::resources::{cancel_where, check_version, require_admin, revoke_tokens_where};
 use crate::store::{Table, Write};
 
 fn check_login_name(login_name: &str) -> Result<(), ApiError> {
@@ -165,18 +165,10 @@ impl Controller {
                 ));
             }
             st.accounts.remove(id);
-            let tokens: Vec<String> = st
-                .auth_tokens
-                .values()
-                .filter(|t| t.account_id == id)
-                .map(|t| t.id.clone())
-                .collect();
-            let (mut writes, pushes) =
+            let (tokens, mut writes) = revoke_tokens_where(&mut st, |t| t.account_id == id);
+            let (cancels, pushes) =
                 cancel_where(&mut st, now, |s| tokens.contains(&s.auth_token_id));
-            for t in tokens {
-                st.auth_tokens.remove(&t);
-                writes.push(Write::Delete(Table::AuthTokens, t));
-            }
+            writes.extend(cancels);
             writes.push(Write::Delete(Table::Resources, id.to_owned()));
             (self.persist(writes), pushes)
         };

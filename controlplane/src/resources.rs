@@ -8,7 +8,7 @@ use tracing::info;
 use crate::api::ApiError;
 use crate::controller::{enc, Controller, Principal, State};
 use crate::ids::new_id;
-use crate::model::{Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
+use crate::model::{AuthToken, Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
 use crate::sessions;
 use crate::store::{Table, Write};
 
@@ -86,6 +86,26 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("a name is at most 128 characters"));
     }
     Ok(())
+}
+
+/// Revokes every auth token `pick` selects. Returns their ids and the writes that delete them.
+pub(crate) fn revoke_tokens_where(
+    st: &mut State,
+    pick: impl Fn(&AuthToken) -> bool,
+) -> (Vec<String>, Vec<Write>) {
+    let mut ids = Vec::new();
+    st.auth_tokens.retain(|id, t| {
+        let revoke = pick(t);
+        if revoke {
+            ids.push(id.clone());
+        }
+        !revoke
+    });
+    let writes = ids
+        .iter()
+        .map(|id| Write::Delete(Table::AuthTokens, id.clone()))
+        .collect();
+    (ids, writes)
 }
 
 /// Cancels every session `pick` selects that is still pending or active. Returns the writes
@@ -755,16 +775,7 @@ impl Controller {
                 return Err(ApiError::not_found(format!("user {id} not found")));
             }
             let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.user_id == id);
-            let tokens: Vec<String> = st
-                .auth_tokens
-                .values()
-                .filter(|t| t.user_id == id)
-                .map(|t| t.id.clone())
-                .collect();
-            for t in tokens {
-                st.auth_tokens.remove(&t);
-                writes.push(Write::Delete(Table::AuthTokens, t));
-            }
+            writes.extend(revoke_tokens_where(&mut st, |t| t.user_id == id).1);
             for a in st.accounts.values_mut().filter(|a| a.user_id == id) {
                 a.user_id = String::new();
                 a.version += 1;

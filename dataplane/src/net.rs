@@ -22,28 +22,19 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
     Ok(socket.into())
 }
 
-/// A non-blocking TCP listener that other worker threads can bind too.
-pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 /// Pending connections a listener holds; the kernel caps it at `net.core.somaxconn` (4096
 /// here). 1024 overflowed under a burst of 1,000 connections while the threads were busy
 /// relaying, and the overflowed connections were reset.
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
-/// A plain (not shared) non-blocking TCP listener with [`LISTEN_BACKLOG`], for `connect`'s
-/// local port.
-pub fn bind_local(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A non-blocking TCP listener with [`LISTEN_BACKLOG`]; `reuse_port` lets every worker thread
+/// bind the same port (`connect`'s local port is not shared).
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -65,7 +56,7 @@ pub fn bind_all(
     for _ in 0..8 {
         let first = bind_udp(addr, true)?;
         let local = first.local_addr()?;
-        let tcp = match bind_tcp(local) {
+        let tcp = match bind_tcp(local, true) {
             Ok(t) => t,
             Err(e) if addr.port() == 0 => {
                 last_err = Some(e);
@@ -75,7 +66,7 @@ pub fn bind_all(
         };
         let mut out = vec![(first, tcp)];
         for _ in 1..threads {
-            out.push((bind_udp(local, true)?, bind_tcp(local)?));
+            out.push((bind_udp(local, true)?, bind_tcp(local, true)?));
         }
         return Ok((local, out));
     }

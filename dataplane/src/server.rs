@@ -459,14 +459,8 @@ async fn handle_stream(
     // limit here cut them). A client that vanishes is caught by the connection's idle timeout.
     match crate::stream_transport::read_frame(&mut recv, &mut buf).await {
         Ok(Frame::StreamOpen) => {}
-        Ok(other) => {
-            debug!(frame = ?other, "stream did not start with a stream-open frame");
-            let _ = recv.stop(0u32.into());
-            let _ = send.reset(0u32.into());
-            return;
-        }
-        Err(refusal) => {
-            debug!(error = %refusal.message, "stream ended before its header");
+        other => {
+            debug!(header = ?other, "stream did not open with a stream-open frame");
             let _ = recv.stop(0u32.into());
             let _ = send.reset(0u32.into());
             return;

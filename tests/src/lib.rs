@@ -40,12 +40,19 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A free UDP port on 127.0.0.1.
+/// A loopback port free for UDP and for TCP at once: a worker binds both on one port number.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback UDP port")
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free loopback UDP port");
+        let port = udp
+            .local_addr()
+            .expect("a bound UDP socket has an address")
+            .port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port was free for both UDP and TCP in 100 tries")
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, failing the test after `limit`.
@@ -602,7 +609,12 @@ pub struct Connect {
 
 impl Connect {
     pub fn start(dev: &Dev, args: &[&str]) -> Self {
-        let proc = Proc::spawn(dev.cmd(args));
+        Self::from_cmd(dev.cmd(args))
+    }
+
+    /// Like [`Connect::start`], for a command already set up (another user's token or home).
+    pub fn from_cmd(cmd: Command) -> Self {
+        let proc = Proc::spawn(cmd);
         let (port, session_id) = wait_for("connect to listen", Duration::from_secs(30), || {
             let out = proc.stdout();
             let err = proc.stderr();

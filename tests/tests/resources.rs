@@ -19,6 +19,25 @@ fn fails_with(dev: &Dev, args: &[&str], want: &str) {
     assert!(err.contains(want), "{args:?}: wanted {want:?} in:\n{err}");
 }
 
+/// `connect` ends saying its session was canceled and, given `session`, that session reads
+/// terminated with reason `canceled`.
+fn assert_canceled(dev: &Dev, conn: &mut Proc, session: Option<&str>, what: &str) {
+    conn.wait(Duration::from_secs(15));
+    assert!(
+        conn.stdout().contains("Session was canceled"),
+        "{what}: {}",
+        conn.stdout()
+    );
+    if let Some(id) = session {
+        let read = dev.wait_status(id, "terminated", Duration::from_secs(15));
+        assert_eq!(
+            Dev::field(&read, "Termination Reason").as_deref(),
+            Some("canceled"),
+            "{what}"
+        );
+    }
+}
+
 /// A catalog, a host at 127.0.0.1, a set holding it, and a target using the set.
 fn build_target(dev: &Dev, sshd: &Sshd, name: &str) -> (String, String, String) {
     build_target_in(dev, sshd, name, PROJECT)
@@ -309,17 +328,7 @@ fn deleting_a_target_a_host_or_an_auth_token_cancels_its_sessions() {
             !live.wait(Duration::from_secs(15)).success(),
             "{what}: ssh was not cut"
         );
-        conn.proc.wait(Duration::from_secs(15));
-        assert!(
-            conn.proc.stdout().contains("Session was canceled"),
-            "{what}: {}",
-            conn.proc.stdout()
-        );
-        let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
-        assert_eq!(
-            Dev::field(&read, "Termination Reason").as_deref(),
-            Some("canceled")
-        );
+        assert_canceled(&dev, &mut conn.proc, Some(&conn.session_id), what);
     }
 
     // Logout revokes the token: its session is canceled and the token no longer works.
@@ -328,12 +337,7 @@ fn deleting_a_target_a_host_or_an_auth_token_cancels_its_sessions() {
     ssh_echo(&sshd, conn.port, "before-logout");
     let out = dev.ok(&["logout"]);
     assert!(out.contains("was revoked"), "{out}");
-    conn.proc.wait(Duration::from_secs(15));
-    assert!(
-        conn.proc.stdout().contains("Session was canceled"),
-        "{}",
-        conn.proc.stdout()
-    );
+    assert_canceled(&dev, &mut conn.proc, None, "logout");
     fails_with(
         &dev,
         &["sessions", "list", "-scope-id", PROJECT],
@@ -410,15 +414,11 @@ fn users_and_accounts_are_managed_and_a_deleted_user_loses_its_sessions() {
         "{}",
         p.stderr()
     );
-    let mut conn = carol(&["connect", "-target-id", "ttcp_1234567890"]);
-    let (port, sid) = wait_for("carol's connect", Duration::from_secs(30), || {
-        let out = conn.stdout();
-        Some((
-            Dev::field(&out, "Port")?.parse::<u16>().ok()?,
-            Dev::field(&out, "Session ID")?,
-        ))
-    });
-    ssh_echo(&sshd, port, "carol-was-here");
+    let mut c = dev.cmd(&["connect", "-target-id", "ttcp_1234567890"]);
+    c.env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join(".config"));
+    let mut conn = Connect::from_cmd(c);
+    ssh_echo(&sshd, conn.port, "carol-was-here");
 
     // Stale versions are refused; a role change works.
     fails_with(
@@ -440,17 +440,7 @@ fn users_and_accounts_are_managed_and_a_deleted_user_loses_its_sessions() {
 
     // Deleting Carol cancels her session and revokes her token.
     dev.ok(&["users", "delete", "-id", &user]);
-    conn.wait(Duration::from_secs(15));
-    assert!(
-        conn.stdout().contains("Session was canceled"),
-        "{}",
-        conn.stdout()
-    );
-    let read = dev.wait_status(&sid, "terminated", Duration::from_secs(15));
-    assert_eq!(
-        Dev::field(&read, "Termination Reason").as_deref(),
-        Some("canceled")
-    );
+    assert_canceled(&dev, &mut conn.proc, Some(&conn.session_id), "user deleted");
     let mut p = carol(&["sessions", "list", "-scope-id", PROJECT]);
     assert!(!p.wait(Duration::from_secs(30)).success());
     assert!(
@@ -627,12 +617,7 @@ fn orgs_and_projects_are_managed_and_deleting_an_org_cancels_what_ran_in_it() {
         !live.wait(Duration::from_secs(15)).success(),
         "ssh was not cut"
     );
-    conn.proc.wait(Duration::from_secs(15));
-    assert!(
-        conn.proc.stdout().contains("Session was canceled"),
-        "{}",
-        conn.proc.stdout()
-    );
+    assert_canceled(&dev, &mut conn.proc, None, "org deleted");
     for (what, id) in [("scopes", &project), ("targets", &target), ("hosts", &host)] {
         fails_with(&dev, &[what, "read", "-id", id], "not found");
     }
@@ -878,15 +863,8 @@ fn accounts_are_read_deleted_and_their_passwords_set_and_changed() {
     let token = dev.login_token("dave", "admin-set-pw");
     let mut c = dev.cmd(&["connect", "-target-id", "ttcp_1234567890"]);
     c.env("SLUICE_TOKEN", &token);
-    let mut conn = Proc::spawn(c);
-    let (port, sid) = wait_for("dave's connect", Duration::from_secs(30), || {
-        let out = conn.stdout();
-        Some((
-            Dev::field(&out, "Port")?.parse::<u16>().ok()?,
-            Dev::field(&out, "Session ID")?,
-        ))
-    });
-    ssh_echo(&sshd, port, "dave-was-here");
+    let mut conn = Connect::from_cmd(c);
+    ssh_echo(&sshd, conn.port, "dave-was-here");
     let admin_account = "acctpw_1234567890";
     fails_with(
         &dev,
@@ -894,16 +872,11 @@ fn accounts_are_read_deleted_and_their_passwords_set_and_changed() {
         "the account you are logged in with",
     );
     dev.ok(&["accounts", "delete", "-id", &account]);
-    conn.wait(Duration::from_secs(15));
-    assert!(
-        conn.stdout().contains("Session was canceled"),
-        "{}",
-        conn.stdout()
-    );
-    let read = dev.wait_status(&sid, "terminated", Duration::from_secs(15));
-    assert_eq!(
-        Dev::field(&read, "Termination Reason").as_deref(),
-        Some("canceled")
+    assert_canceled(
+        &dev,
+        &mut conn.proc,
+        Some(&conn.session_id),
+        "account deleted",
     );
     let (ok, _, err) = as_dave(&token, &["sessions", "list", "-scope-id", PROJECT]);
     assert!(!ok && err.contains("invalid or has expired"), "{err}");

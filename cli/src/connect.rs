@@ -102,9 +102,10 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("while opening the session at its worker")?,
     );
-    let listener = sluice_dataplane::net::bind_tcp((a.listen_addr, a.listen_port).into(), false)
-        .and_then(TcpListener::from_std)
-        .with_context(|| format!("while listening on {}:{}", a.listen_addr, a.listen_port))?;
+    let listener =
+        sluice_dataplane::net::bind_tcp((a.listen_addr, a.listen_port).into(), false, None)
+            .and_then(TcpListener::from_std)
+            .with_context(|| format!("while listening on {}:{}", a.listen_addr, a.listen_port))?;
     let local = listener.local_addr()?;
     let claims = session.claims().clone();
     let expiration = jiff::Timestamp::from_second(claims.expires_at as i64)

@@ -11,6 +11,7 @@
 //! controller_generated_activation_token = "env://SLUICE_ACTIVATION_TOKEN"
 //! threads = 0                                # 0: one per core
 //! allow_plaintext = false                    # accept the plaintext tcp transport
+//! tcp_buffer_bytes = 0                       # fixed TCP socket buffers; 0: kernel autotuning
 //!
 //! [worker.tags]
 //! env = ["prod"]
@@ -51,6 +52,7 @@ struct WorkerSection {
     controller_generated_activation_token: Option<String>,
     threads: usize,
     allow_plaintext: bool,
+    tcp_buffer_bytes: usize,
     tags: BTreeMap<String, Vec<String>>,
 }
 
@@ -65,6 +67,7 @@ impl Default for WorkerSection {
             controller_generated_activation_token: None,
             threads: 0,
             allow_plaintext: false,
+            tcp_buffer_bytes: 0,
             tags: BTreeMap::new(),
         }
     }
@@ -219,6 +222,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     );
     config.threads = w.threads;
     config.allow_plaintext = w.allow_plaintext;
+    config.tcp_buffer = (w.tcp_buffer_bytes > 0).then_some(w.tcp_buffer_bytes);
     // The keys the controller sent last (kept on disk), until its welcome brings the current
     // set: a worker restarted while the controller is away still admits tokens.
     let kept = load_keys(&w.auth_storage_path);

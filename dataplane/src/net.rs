@@ -28,14 +28,20 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
 /// A non-blocking TCP listener with [`LISTEN_BACKLOG`]; `reuse_port` lets every worker thread
-/// bind the same port (`connect`'s local port is not shared).
-pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+/// bind the same port (`connect`'s local port is not shared). Accepted sockets inherit the
+/// listener's buffer sizes, so `buffer` (see [`bound_buffers`]) applies to them.
+pub fn bind_tcp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    buffer: Option<usize>,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
     socket.set_reuse_address(true)?;
+    bound_buffers(&socket, buffer);
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
@@ -48,6 +54,7 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
 pub fn bind_all(
     addr: SocketAddr,
     threads: usize,
+    tcp_buffer: Option<usize>,
 ) -> std::io::Result<(
     SocketAddr,
     Vec<(std::net::UdpSocket, std::net::TcpListener)>,
@@ -56,7 +63,7 @@ pub fn bind_all(
     for _ in 0..8 {
         let first = bind_udp(addr, true)?;
         let local = first.local_addr()?;
-        let tcp = match bind_tcp(local, true) {
+        let tcp = match bind_tcp(local, true, tcp_buffer) {
             Ok(t) => t,
             Err(e) if addr.port() == 0 => {
                 last_err = Some(e);
@@ -66,9 +73,39 @@ pub fn bind_all(
         };
         let mut out = vec![(first, tcp)];
         for _ in 1..threads {
-            out.push((bind_udp(local, true)?, bind_tcp(local, true)?));
+            out.push((bind_udp(local, true)?, bind_tcp(local, true, tcp_buffer)?));
         }
         return Ok((local, out));
     }
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+/// Fixes a TCP socket's receive and send buffers at `buffer` bytes each (the kernel doubles
+/// the figure for its bookkeeping); `None` leaves the kernel's autotuning, which grows them
+/// up to `net.ipv4.tcp_rmem`/`tcp_wmem`'s maximum. A fixed size bounds the kernel memory a
+/// relayed connection can hold, at the price of throughput on paths whose bandwidth-delay
+/// product exceeds it (docs/testing.md, "the tcp stall").
+pub fn bound_buffers(socket: &socket2::Socket, buffer: Option<usize>) {
+    if let Some(n) = buffer {
+        let _ = socket.set_recv_buffer_size(n);
+        let _ = socket.set_send_buffer_size(n);
+    }
+}
+
+/// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
+/// scale is chosen from the receive buffer at that point).
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    buffer: Option<usize>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    bound_buffers(&socket, buffer);
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(socket.into())
+        .connect(addr)
+        .await
 }

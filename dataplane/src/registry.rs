@@ -64,6 +64,8 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
     /// Proxied connections closed since start; the memory trimmer watches it.
     pub(crate) closed: Arc<AtomicU64>,
+    /// Fixed buffer size for sockets to targets (`WorkerConfig::tcp_buffer`).
+    pub(crate) tcp_buffer: Option<usize>,
 }
 
 #[derive(Default)]
@@ -126,6 +128,7 @@ impl Registry {
             events,
             inner: Mutex::default(),
             closed: Arc::default(),
+            tcp_buffer: None,
         }
     }
 
@@ -436,7 +439,7 @@ impl LiveSession {
             .await?;
         let mut last = None;
         for a in addrs {
-            match tokio::net::TcpStream::connect(a).await {
+            match crate::net::connect_tcp(*a, self.registry.tcp_buffer).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }

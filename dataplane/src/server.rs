@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     /// Handshakes (TLS or QUIC, then the token) in progress at once per thread; connections
     /// beyond it are refused at once.
     pub max_handshakes: usize,
+    /// Fixed receive and send buffer size of the TCP sockets the worker relays (to clients of
+    /// the tls and tcp transports, and to targets); `None` leaves the kernel's autotuning.
+    pub tcp_buffer: Option<usize>,
 }
 
 /// Counts the handshakes in progress on one thread.
@@ -93,6 +96,7 @@ impl WorkerConfig {
             dial_timeout: Duration::from_secs(10),
             allow_plaintext: false,
             max_handshakes: 1024,
+            tcp_buffer: None,
         }
     }
 }
@@ -136,8 +140,11 @@ impl Worker {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()));
         let server_config = crate::tls::server_config(tls)
             .map_err(|e| std::io::Error::other(format!("worker QUIC config: {e}")))?;
-        let (local_addr, sockets) = crate::net::bind_all(config.listen_addr, threads)?;
-        let registry = Arc::new(Registry::new(config.worker_id.clone(), keys, events));
+        let (local_addr, sockets) =
+            crate::net::bind_all(config.listen_addr, threads, config.tcp_buffer)?;
+        let mut registry = Registry::new(config.worker_id.clone(), keys, events);
+        registry.tcp_buffer = config.tcp_buffer;
+        let registry = Arc::new(registry);
         let (stop, _) = watch::channel(false);
         let config = Arc::new(config);
         let mut handles = Vec::new();

@@ -10,7 +10,9 @@
 //!
 //! `SLUICE_LOAD_STREAMS` and `SLUICE_LOAD_MB` change the size of a round,
 //! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp`)
-//! which transports run.
+//! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
+//! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
+//! docs/testing.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -184,7 +186,10 @@ impl Bench {
             &setup.cluster_addr(),
             Some(&token),
             &[],
-            "[worker]\nallow_plaintext = true\n",
+            &format!(
+                "[worker]\nallow_plaintext = true\ntcp_buffer_bytes = {}\n",
+                env_or("SLUICE_LOAD_WORKER_BUF", 0)
+            ),
         );
         Self {
             rt,
@@ -363,5 +368,58 @@ fn soak() {
     assert!(
         after <= baseline + SLACK_KIB,
         "the worker's memory stayed at {after} KiB after the soak, against {baseline} KiB before"
+    );
+}
+
+/// The same round through HAProxy with splice (Debian's `haproxy`) instead of Sluice: a
+/// comparison for the tcp round, to tell the relay's behaviour from the kernel's under the
+/// same load. By hand: `cargo test -p sluice-e2e --test load haproxy -- --ignored --nocapture`.
+#[test]
+#[ignore = "a comparison run by hand; needs haproxy"]
+fn the_same_round_through_haproxy_with_splice() {
+    let streams = env_or("SLUICE_LOAD_STREAMS", 1000);
+    let mb = env_or("SLUICE_LOAD_MB", 10);
+    let _ = rlimit::increase_nofile_limit(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = rt.block_on(echo_server());
+    let dir = tempfile::tempdir().unwrap();
+    let port = sluice_e2e::free_port();
+    let cfg = format!(
+        "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+         listen fwd\n    bind 127.0.0.1:{port}\n    option splice-request\n    option splice-response\n    server s1 127.0.0.1:{target}\n"
+    );
+    std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
+    let mut haproxy = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.path().join("haproxy.cfg"))
+        .spawn()
+        .expect("haproxy is installed");
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "haproxy did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let r = rt.block_on(round(port, streams, mb * 1_000_000, pattern()));
+    println!(
+        "haproxy+splice: {} streams x {mb} MB in {:.1} s; {} failed",
+        r.streams,
+        started.elapsed().as_secs_f64(),
+        r.failures.len()
+    );
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    assert!(
+        r.failures.is_empty(),
+        "{:?}",
+        &r.failures[..r.failures.len().min(5)]
     );
 }

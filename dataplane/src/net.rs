@@ -109,3 +109,33 @@ pub async fn connect_tcp(
         .connect(addr)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffers(s: &tokio::net::TcpStream) -> (usize, usize) {
+        let r = socket2::SockRef::from(s);
+        (r.recv_buffer_size().unwrap(), r.send_buffer_size().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_fixed_buffer_reaches_both_ends_and_none_leaves_autotuning() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, Some(64 * 1024)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let out = connect_tcp(addr, Some(96 * 1024)).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // The kernel doubles the figure it is given.
+        assert_eq!(buffers(&accepted), (128 * 1024, 128 * 1024));
+        assert_eq!(buffers(&out), (192 * 1024, 192 * 1024));
+        let auto = connect_tcp(addr, None).await.unwrap();
+        let _ = listener.accept().await.unwrap();
+        let (rcv, _) = buffers(&auto);
+        assert_ne!(
+            rcv,
+            192 * 1024,
+            "no buffer given must leave the kernel's default"
+        );
+    }
+}

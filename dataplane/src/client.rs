@@ -536,7 +536,7 @@ async fn dial_and_hello(
     hello: &Frame,
 ) -> std::io::Result<StreamConn> {
     use tokio::io::AsyncWriteExt;
-    let tcp = crate::net::connect_tcp(worker, None).await?;
+    let tcp = TcpStream::connect(worker).await?;
     tcp.set_nodelay(true)?;
     let bytes = hello.to_vec();
     Ok(match tls {

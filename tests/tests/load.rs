@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sluice_e2e::{rss_kib, Connect, Dev, ServerSetup, WorkerProc};
+use sluice_e2e::{rss_kib, wait_for, Connect, Dev, Proc, ServerSetup, WorkerProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TARGET: &str = "ttcp_1234567890";
@@ -161,6 +161,18 @@ fn pattern() -> Arc<Vec<u8>> {
     Arc::new(v)
 }
 
+/// The test's runtime (with room for thousands of sockets) and an echo target in it.
+fn runtime_and_echo() -> (tokio::runtime::Runtime, u16) {
+    let _ = rlimit::increase_nofile_limit(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = rt.block_on(echo_server());
+    (rt, port)
+}
+
 /// A controller, one worker (in its own process, plaintext allowed) and an echo target.
 struct Bench {
     rt: tokio::runtime::Runtime,
@@ -172,13 +184,7 @@ struct Bench {
 
 impl Bench {
     fn start() -> Self {
-        let _ = rlimit::increase_nofile_limit(20_000);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let port = rt.block_on(echo_server());
+        let (rt, port) = runtime_and_echo();
         let setup = ServerSetup::new(port);
         let dev = Dev::server(&setup);
         let (_, token) = dev.create_worker("load");
@@ -379,13 +385,7 @@ fn soak() {
 fn the_same_round_through_haproxy_with_splice() {
     let streams = env_or("SLUICE_LOAD_STREAMS", 1000);
     let mb = env_or("SLUICE_LOAD_MB", 10);
-    let _ = rlimit::increase_nofile_limit(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let target = rt.block_on(echo_server());
+    let (rt, target) = runtime_and_echo();
     let dir = tempfile::tempdir().unwrap();
     let port = sluice_e2e::free_port();
     let cfg = format!(
@@ -393,20 +393,13 @@ fn the_same_round_through_haproxy_with_splice() {
          listen fwd\n    bind 127.0.0.1:{port}\n    option splice-request\n    option splice-response\n    server s1 127.0.0.1:{target}\n"
     );
     std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-    let mut haproxy = std::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(dir.path().join("haproxy.cfg"))
-        .spawn()
-        .expect("haproxy is installed");
-    let up = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "haproxy did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut cmd = std::process::Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(dir.path().join("haproxy.cfg"));
+    // Proc stops haproxy when dropped, also when the test fails.
+    let _haproxy = Proc::spawn(cmd);
+    wait_for("haproxy to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     let started = Instant::now();
     let r = rt.block_on(round(port, streams, mb * 1_000_000, pattern()));
     println!(
@@ -415,8 +408,6 @@ fn the_same_round_through_haproxy_with_splice() {
         started.elapsed().as_secs_f64(),
         r.failures.len()
     );
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
     assert!(
         r.failures.is_empty(),
         "{:?}",

@@ -22,11 +22,29 @@ pub fn sluice_bin() -> PathBuf {
     let bin = target.join("debug").join("sluice");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut build = Command::new(env!("CARGO"));
+        build
             .args(["build", "-q", "-p", "sluice-cli", "--bin", "sluice"])
-            .current_dir(root)
-            .status()
-            .expect("cargo build runs");
+            .current_dir(root);
+        // `cargo test` sets these for this process (the package's name, its manifest…). ring's
+        // build notices them, so passing them on would rebuild ring and everything above it
+        // here, and again at the next command-line build.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*key)
+            {
+                build.env_remove(&*key);
+            }
+        }
+        let status = build.status().expect("cargo build runs");
         assert!(status.success(), "building the sluice binary failed");
     });
     bin

@@ -295,3 +295,151 @@ fn the_cli_refuses_bad_flags_and_references_clearly() {
         "a refused command changed stored state"
     );
 }
+
+/// A TLS or QUIC client that does not speak `sluice/1` (a browser, curl, an HTTP/3 probe) is
+/// refused during the handshake with TLS's `no_application_protocol` alert, which its library
+/// reports by name; garbage and truncated QUIC packets are dropped; and the worker goes on
+/// serving real sessions.
+#[test]
+fn the_worker_refuses_unknown_alpn_and_malformed_quic() {
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    use std::sync::Arc;
+
+    // A target that echoes, so that "still serves" means bytes went through the worker.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let dev = Dev::start(&[
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        &echo_port,
+    ]);
+    let worker: SocketAddr = Dev::field(&dev.proc.stdout(), "Worker Proxy Address")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let authz: serde_json::Value = serde_json::from_str(&dev.ok(&[
+        "targets",
+        "authorize-session",
+        "-id",
+        "ttcp_1234567890",
+        "-format",
+        "json",
+    ]))
+    .unwrap();
+    let token = authz["item"]["authorization_token"].as_str().unwrap();
+    let pin = sluice_proto::token::SignedToken::decode(token)
+        .unwrap()
+        .unverified()
+        .ca_fingerprint;
+    let before = stored(&dev);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls_with = |alpn: &[&[u8]]| {
+        let mut tls = sluice_dataplane::tls::rustls_client_config(pin).unwrap();
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tls
+    };
+    let name =
+        rustls::pki_types::ServerName::try_from(sluice_dataplane::tls::WORKER_SERVER_NAME).unwrap();
+
+    // QUIC, offering HTTP/3 and then nothing at all.
+    for alpn in [&[&b"h3"[..]][..], &[]] {
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_with(alpn)).unwrap();
+        let err = rt.block_on(async {
+            let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let connecting = endpoint
+                .connect_with(
+                    quinn::ClientConfig::new(Arc::new(quic)),
+                    worker,
+                    sluice_dataplane::tls::WORKER_SERVER_NAME,
+                )
+                .unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(5), connecting)
+                .await
+                .expect("the worker answers a QUIC handshake at once");
+            res.err()
+        });
+        let err = err.unwrap_or_else(|| panic!("a QUIC handshake offering {alpn:?} was accepted"));
+        assert!(
+            err.to_string()
+                .contains("doesn't support any known protocol"),
+            "QUIC offering {alpn:?}: {err}"
+        );
+    }
+
+    // TLS over TCP, offering HTTP/2 and HTTP/1.1 as curl does.
+    let err = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(worker).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_with(&[b"h2", b"http/1.1"])));
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name.clone(), tcp))
+            .await
+            .expect("the worker answers a TLS handshake at once")
+            .err()
+    });
+    let err = err.expect("a TLS handshake offering h2 and http/1.1 was accepted");
+    assert!(
+        err.to_string().contains("NoApplicationProtocol"),
+        "TLS offering h2: {err}"
+    );
+
+    // Malformed QUIC: random bytes, a long-header Initial of version 1 whose payload is
+    // garbage, a truncated header, an empty datagram, and an unknown version (answered with
+    // version negotiation, which names version 1).
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
+    initial.extend_from_slice(&rand::random::<[u8; 8]>());
+    initial.push(8);
+    initial.extend_from_slice(&rand::random::<[u8; 8]>());
+    initial.extend_from_slice(&[0, 0x44, 0xd0]);
+    initial.resize(1200, 0);
+    rand::Rng::fill(&mut rand::thread_rng(), &mut initial[30..]);
+    let random: Vec<u8> = (0..1200).map(|_| rand::random()).collect();
+    for packet in [&random[..], &initial, &initial[..9], &[]] {
+        udp.send_to(packet, worker).unwrap();
+    }
+    let mut unknown = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8];
+    unknown.extend_from_slice(&[7; 8]);
+    unknown.push(8);
+    unknown.extend_from_slice(&[9; 8]);
+    unknown.resize(1200, 0);
+    udp.send_to(&unknown, worker).unwrap();
+    let mut answer = [0u8; 1500];
+    let (n, _) = udp
+        .recv_from(&mut answer)
+        .expect("the worker answers an unknown QUIC version");
+    let answer = &answer[..n];
+    assert_eq!(&answer[1..5], &[0, 0, 0, 0], "not a version negotiation");
+    assert!(
+        answer[6..].windows(4).any(|v| v == [0, 0, 0, 1]),
+        "version negotiation does not offer QUIC v1: {answer:?}"
+    );
+
+    // Nothing changed, nothing panicked, and a real session still carries bytes.
+    assert_eq!(stored(&dev), before);
+    let conn = sluice_e2e::Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
+    let mut s = TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"still serving").unwrap();
+    let mut back = [0u8; 13];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still serving");
+    assert!(
+        !dev.proc.stderr().contains("panicked"),
+        "{}",
+        dev.proc.stderr()
+    );
+}

@@ -85,11 +85,44 @@ pub fn bind_all(
 /// up to `net.ipv4.tcp_rmem`/`tcp_wmem`'s maximum. A fixed size bounds the kernel memory a
 /// relayed connection can hold, at the price of throughput on paths whose bandwidth-delay
 /// product exceeds it (docs/testing.md, "the tcp stall").
+///
+/// When the kernel does not grant the size (it caps it at `net.core.rmem_max`/`wmem_max`
+/// silently), the worker logs a warning once, naming the figure it got and the sysctl to raise.
 pub fn bound_buffers(socket: &socket2::Socket, buffer: Option<usize>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(n) = buffer {
-        let _ = socket.set_recv_buffer_size(n);
-        let _ = socket.set_send_buffer_size(n);
+        if let Err(problem) = fix_buffers(socket, n) {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("tcp_buffer_bytes = {n}: {problem}");
+            }
+        }
     }
+}
+
+/// Sets both buffers to `n` and reads them back: `Err` says what fell short and why.
+fn fix_buffers(socket: &socket2::Socket, n: usize) -> Result<(), String> {
+    let set = |what: &str, r: std::io::Result<()>| {
+        r.map_err(|e| format!("could not set the socket's {what} buffer ({e})"))
+    };
+    set("receive", socket.set_recv_buffer_size(n))?;
+    set("send", socket.set_send_buffer_size(n))?;
+    let read = |r: std::io::Result<usize>| r.map_err(|e| format!("could not read it back ({e})"));
+    // The kernel reports twice the size it keeps for data.
+    let (rcv, snd) = (
+        read(socket.recv_buffer_size())? / 2,
+        read(socket.send_buffer_size())? / 2,
+    );
+    for (what, got, sysctl) in [
+        ("receive", rcv, "net.core.rmem_max"),
+        ("send", snd, "net.core.wmem_max"),
+    ] {
+        if got < n {
+            return Err(format!(
+                "the kernel granted a {what} buffer of only {got} bytes; raise {sysctl} to at least {n} or lower the option"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
@@ -132,10 +165,33 @@ mod tests {
         let auto = connect_tcp(addr, None).await.unwrap();
         let _ = listener.accept().await.unwrap();
         let (rcv, _) = buffers(&auto);
-        assert_ne!(
-            rcv,
-            192 * 1024,
-            "no buffer given must leave the kernel's default"
+        let default: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            rcv, default,
+            "no buffer given must leave the kernel's default (tcp_rmem's middle figure)"
         );
+    }
+
+    #[test]
+    fn a_buffer_above_the_kernels_cap_is_reported() {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let problem = fix_buffers(&socket, cap * 2).unwrap_err();
+        assert!(
+            problem.contains(&format!("only {cap} bytes")) && problem.contains("net.core.rmem_max"),
+            "{problem}"
+        );
+        assert_eq!(fix_buffers(&socket, 64 * 1024), Ok(()));
     }
 }

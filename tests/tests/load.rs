@@ -12,9 +12,10 @@
 //! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp`)
 //! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
 //! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
-//! docs/testing.md).
+//! docs/testing.md), `SLUICE_LOAD_ROUND_SECS` how long a round may take before the test prints
+//! what is stuck (streams, `ss`, drop counters, logs) and fails.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,11 +75,20 @@ struct Round {
 /// Opens `streams` connections to `port` at once; each sends `bytes` of its own content
 /// (a window into `pattern`) and reads the echo. Sent and received bytes are hashed and
 /// compared per stream.
-async fn round(port: u16, streams: usize, bytes: usize, pattern: Arc<Vec<u8>>) -> Round {
+/// `progress` gets, per stream, the bytes sent and received so far, for the report on a stall.
+async fn round(
+    port: u16,
+    streams: usize,
+    bytes: usize,
+    pattern: Arc<Vec<u8>>,
+    progress: Arc<Vec<[AtomicU64; 2]>>,
+) -> Round {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..streams {
         let pattern = pattern.clone();
+        let progress = progress.clone();
         tasks.spawn(async move {
+            let [sent_so_far, got_so_far] = &progress[i];
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map_err(|e| format!("stream {i}: connect: {e}"))?;
@@ -96,6 +106,7 @@ async fn round(port: u16, streams: usize, bytes: usize, pattern: Arc<Vec<u8>>) -
                     w.write_all(chunk)
                         .await
                         .map_err(|e| format!("stream {i}: write: {e}"))?;
+                    sent_so_far.fetch_add(n as u64, Ordering::Relaxed);
                     left -= n;
                     at = if at + n == pattern.len() { 0 } else { at + n };
                 }
@@ -118,6 +129,7 @@ async fn round(port: u16, streams: usize, bytes: usize, pattern: Arc<Vec<u8>>) -
                     }
                     h.update(&buf[..n]);
                     got += n;
+                    got_so_far.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Ok::<_, String>((h.finalize(), got))
             };
@@ -226,14 +238,30 @@ impl Bench {
             })
         };
         let start = Instant::now();
-        let mut r = self.rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(900),
-                round(conn.port, streams, bytes, self.pattern.clone()),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("{transport}: the round took more than 15 minutes"))
-        });
+        let progress: Arc<Vec<[AtomicU64; 2]>> = Arc::new(
+            (0..streams)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+        );
+        // Spawned, so that on a timeout the streams stay open for the report.
+        let handle = self.rt.spawn(round(
+            conn.port,
+            streams,
+            bytes,
+            self.pattern.clone(),
+            progress.clone(),
+        ));
+        let limit = Duration::from_secs(env_or("SLUICE_LOAD_ROUND_SECS", 900) as u64);
+        let finished = self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, handle).await });
+        let Ok(joined) = finished else {
+            stall_report(&progress, bytes as u64, &conn.proc, &self.worker.proc);
+            panic!(
+                "{transport}: the round did not finish within SLUICE_LOAD_ROUND_SECS (900 s by default; report above)"
+            );
+        };
+        let mut r = joined.expect("the round's task does not panic");
         let took = start.elapsed();
         done.store(true, Ordering::Relaxed);
         r.peak_rss_kib = sampler.join().expect("the memory sampler does not panic");
@@ -267,6 +295,77 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// What a stalled round leaves for diagnosis: the streams that did not finish and how far each
+/// got, the TCP sockets on 127.0.0.1 with bytes queued (`ss -tnmi`, twice, 10 s apart, so
+/// what moves shows), the kernel's drop counters, and the ends of `connect`'s and the
+/// worker's logs.
+fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker: &Proc) {
+    let stuck: Vec<String> = progress
+        .iter()
+        .enumerate()
+        .filter_map(|(i, [sent, got])| {
+            let (sent, got) = (sent.load(Ordering::Relaxed), got.load(Ordering::Relaxed));
+            (got < bytes).then(|| format!("stream {i}: sent {sent}, received {got} of {bytes}"))
+        })
+        .collect();
+    println!(
+        "stalled: {} of {} streams unfinished:\n{}",
+        stuck.len(),
+        progress.len(),
+        stuck[..stuck.len().min(20)].join("\n")
+    );
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("({cmd}: {e})\n"))
+    };
+    for pass in 0..2 {
+        if pass == 1 {
+            std::thread::sleep(Duration::from_secs(10));
+        }
+        // -H: no header; each socket is a line of queues and addresses, then a line of details.
+        let ss = run("ss", &["-tnmiHO", "state", "established"]);
+        let busy: Vec<&str> = ss
+            .lines()
+            .filter(|l| {
+                let mut f = l.split_whitespace();
+                matches!((f.next(), f.next()), (Some(r), Some(s)) if r != "0" || s != "0")
+            })
+            .collect();
+        println!(
+            "ss -tnmiO, pass {pass}: {} sockets with bytes queued:\n{}",
+            busy.len(),
+            busy[..busy.len().min(40)].join("\n")
+        );
+    }
+    print!(
+        "{}",
+        run(
+            "nstat",
+            &[
+                "-az",
+                "TcpExtBeyondWindow",
+                "TcpExtTCPRcvQDrop",
+                "TcpExtTCPZeroWindowDrop",
+                "TcpExtTCPMemoryPressures",
+                "TcpExtTCPOFODrop",
+                "UdpRcvbufErrors",
+            ],
+        )
+    );
+    let tail = |s: String| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    println!(
+        "connect's log ends:\n{}\nthe worker's log ends:\n{}",
+        tail(connect.stderr()),
+        tail(worker.stderr())
+    );
 }
 
 /// How far above its starting memory the worker may stay once the load is gone: less than
@@ -401,7 +500,16 @@ fn the_same_round_through_haproxy_with_splice() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let started = Instant::now();
-    let r = rt.block_on(round(port, streams, mb * 1_000_000, pattern()));
+    let progress = (0..streams)
+        .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+        .collect();
+    let r = rt.block_on(round(
+        port,
+        streams,
+        mb * 1_000_000,
+        pattern(),
+        Arc::new(progress),
+    ));
     println!(
         "haproxy+splice: {} streams x {mb} MB in {:.1} s; {} failed",
         r.streams,

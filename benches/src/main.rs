@@ -3,9 +3,11 @@
 //! Every figure is also given as a ratio to direct TCP (or to a peer) measured in the same run,
 //! because absolute numbers on these shared machines drift by 2x.
 //!
-//! `sluice-bench [--quick] [--out DIR] [--sluice PATH]`. `--quick` finishes in well under a
-//! minute and runs in CI so the harness keeps working; a full run is what `benches/RESULTS.md`
-//! records. Writes `DIR/results.json` and `DIR/latency.svg`.
+//! `sluice-bench [--quick] [--out DIR] [--sluice PATH] [--only NAME,...]`. `--quick` finishes in
+//! well under a minute and runs in CI so the harness keeps working; a full run is what
+//! `benches/RESULTS.md` records. Writes `DIR/results.json` and `DIR/latency.svg`. `--only`
+//! measures just the paths whose names contain one of the words given (direct TCP always, as
+//! the reference) and skips the session-level stages: for A/B runs and profiles of one path.
 #![forbid(unsafe_code)]
 
 mod measure;
@@ -30,6 +32,14 @@ struct Opts {
     sluice: Option<PathBuf>,
     /// Measure only the durable authorize-session rate, for this many seconds.
     authorize_only: Option<u64>,
+    /// Measure only the paths whose names contain one of these (and direct TCP).
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn wants(&self, path: &str) -> bool {
+        path == "direct TCP" || self.only.is_empty() || self.only.iter().any(|w| path.contains(w))
+    }
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -38,6 +48,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         out: PathBuf::from("benches/out"),
         sluice: None,
         authorize_only: None,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -52,6 +63,15 @@ fn parse_opts() -> anyhow::Result<Opts> {
                         .context("--authorize-only needs a number of seconds")?,
                 )
             }
+            "--only" => {
+                o.only = args
+                    .next()
+                    .context("--only needs path names, e.g. --only \"worker hop,quic\"")?
+                    .split(',')
+                    .map(|w| w.trim().to_owned())
+                    .filter(|w| !w.is_empty())
+                    .collect()
+            }
             "--target-server" => {
                 // The target runs in its own process so that 10,000 idle connections fit each
                 // process's descriptor limit (20,000 here, and not raisable in this container).
@@ -62,7 +82,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--out DIR] [--sluice PATH] [--authorize-only SECS]"
+                    "usage: sluice-bench [--quick] [--out DIR] [--sluice PATH] [--only NAME,...] [--authorize-only SECS]"
                 );
                 std::process::exit(0);
             }
@@ -198,7 +218,11 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     let nonce: [u8; 16] = rand::random();
     let worker = dev.worker.clone();
     let hop = move || sluice::worker_hop(&worker, &token, nonce);
-    let (peers, skipped) = peers::start_all(target, o.quick);
+    let (peers, skipped) = if o.only.is_empty() || o.only.iter().any(|w| !w.contains("sluice")) {
+        peers::start_all(target, o.quick)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     r.skipped = skipped;
 
     let mut paths: Vec<Path<'_>> = vec![Path {
@@ -229,6 +253,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             peer: true,
         });
     }
+    paths.retain(|p| o.wants(&p.name));
     let mut direct = None;
     for p in &paths {
         eprintln!("measuring {}", p.name);
@@ -262,6 +287,11 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         ));
     }
     drop(connects);
+    if !o.only.is_empty() {
+        r.skipped
+            .push("authorize rate, cancel latency, idle connections: --only".into());
+        return Ok(r);
+    }
 
     // Later stages report their own failure and leave the figures above intact.
     match report::authorize_rate(&dev, if o.quick { 1 } else { 5 }) {

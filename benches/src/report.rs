@@ -226,11 +226,13 @@ pub fn table(r: &Results) -> String {
             ready.len()
         );
     }
-    let _ = writeln!(
-        s,
-        "durable authorize-session: {:.0}/s (64 concurrent clients)",
-        r.authorize_per_s
-    );
+    if r.authorize_per_s > 0.0 {
+        let _ = writeln!(
+            s,
+            "durable authorize-session: {:.0}/s (64 concurrent clients)",
+            r.authorize_per_s
+        );
+    }
     if let Some(c) = &r.cancel_ms {
         let _ = writeln!(
             s,

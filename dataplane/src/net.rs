@@ -4,8 +4,32 @@ use std::net::SocketAddr;
 
 /// UDP socket buffer size requested for QUIC. The default 208 KiB loses thousands of packets per
 /// GiB on loopback (PERF.md). The kernel caps the request at `net.core.[rw]mem_max` (4 MiB on
-/// these machines).
+/// these machines) unless the process may exceed it (CAP_NET_ADMIN: `SO_RCVBUFFORCE`).
 const UDP_BUFFER: usize = 8 << 20;
+
+/// Gives `socket` UDP_BUFFER each way: past `[rw]mem_max` when the process is allowed to
+/// (CAP_NET_ADMIN), else as much as the kernel grants. Warns once when it got less.
+fn size_udp_buffers(socket: &socket2::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &UDP_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &UDP_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    }
+    // The kernel reports twice the size it keeps for data.
+    let got = socket.recv_buffer_size().unwrap_or(0) / 2;
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if got < UDP_BUFFER && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "QUIC's UDP receive buffer is {} KiB, less than the {} KiB asked for: bursts may be \
+             dropped and slow transfers down; raise net.core.rmem_max to {UDP_BUFFER} (or \
+             grant CAP_NET_ADMIN)",
+            got / 1024,
+            UDP_BUFFER / 1024
+        );
+    }
+}
 
 /// Binds a non-blocking UDP socket with large buffers; `reuse_port` lets every worker thread
 /// bind the same port so the kernel spreads clients over them by 4-tuple.
@@ -15,8 +39,7 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net:
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    size_udp_buffers(&socket);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -193,5 +216,39 @@ mod tests {
             "{problem}"
         );
         assert_eq!(fix_buffers(&socket, 64 * 1024), Ok(()));
+    }
+
+    /// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff), which lets a socket's
+    /// buffers exceed `net.core.rmem_max`.
+    fn has_net_admin() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << 12) != 0)
+    }
+
+    #[test]
+    fn quic_sockets_get_the_udp_buffer_asked_for_or_the_kernels_cap() {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let udp = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let got = socket2::SockRef::from(&udp).recv_buffer_size().unwrap() / 2;
+        if has_net_admin() {
+            assert_eq!(
+                got, UDP_BUFFER,
+                "with CAP_NET_ADMIN, rmem_max ({cap}) is no limit"
+            );
+        } else {
+            assert_eq!(
+                got,
+                UDP_BUFFER.min(cap),
+                "without CAP_NET_ADMIN, rmem_max caps it"
+            );
+        }
     }
 }

@@ -44,7 +44,7 @@ cargo build -q --release --locked -p sluice-cli -p sluice-bench
 
 step "load: 1,000 concurrent streams through quic and tcp, sha256 both ways (release build)"
 # Smaller than the 10 MB per stream, which is run by hand (docs/testing.md): over quic
-# 1,000 streams run at only ~15-60 MB/s here (10 MB each takes over 10 minutes), and over tcp
+# 1,000 streams in one session run at ~15-75 MB/s here (10 MB each took 200-700 s), and over tcp
 # 10 MB per stream with autotuned buffers drives this one shared kernel into TCP memory pressure,
 # where a few streams stall for good (the kernel's doing, described there; the worker's
 # tcp_buffer_bytes avoids it).

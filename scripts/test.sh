@@ -47,7 +47,7 @@ step "load: 1,000 concurrent streams through quic and tcp, sha256 both ways (rel
 # 1,000 streams in one session run at ~15-75 MB/s here (10 MB each took 200-700 s), and over tcp
 # 10 MB per stream with autotuned buffers drives this one shared kernel into TCP memory pressure,
 # where a few streams stall for good (the kernel's doing, described there; the worker's
-# tcp_buffer_bytes avoids it).
+# tcp_buffer_bytes makes it rare, not impossible).
 log=$(mktemp)
 SLUICE_BIN=$PWD/target/release/sluice SLUICE_LOAD_MB=${SLUICE_LOAD_MB:-1} \
   SLUICE_LOAD_QUIC_MB=${SLUICE_LOAD_QUIC_MB:-2} \

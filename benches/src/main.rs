@@ -218,11 +218,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     let nonce: [u8; 16] = rand::random();
     let worker = dev.worker.clone();
     let hop = move || sluice::worker_hop(&worker, &token, nonce);
-    let (peers, skipped) = if o.only.is_empty() || o.only.iter().any(|w| !w.contains("sluice")) {
-        peers::start_all(target, o.quick)
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (peers, skipped) = peers::start_all(target, o.quick, |name| o.wants(name));
     r.skipped = skipped;
 
     let mut paths: Vec<Path<'_>> = vec![Path {

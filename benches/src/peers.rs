@@ -163,11 +163,19 @@ fn ssh_forward(target: u16) -> anyhow::Result<Peer> {
     })
 }
 
-/// Starts every installed peer; returns them and a line per skipped one.
-pub fn start_all(target: u16, quick: bool) -> (Vec<Peer>, Vec<String>) {
+/// Starts every installed peer that `wanted` accepts (by the name it is started under); returns
+/// them and a line per skipped one.
+pub fn start_all(
+    target: u16,
+    quick: bool,
+    wanted: impl Fn(&str) -> bool,
+) -> (Vec<Peer>, Vec<String>) {
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     let mut try_start = |name: &str, prog: &str, f: &dyn Fn() -> anyhow::Result<Peer>| {
+        if !wanted(name) {
+            return;
+        }
         if !have(prog) {
             skipped.push(format!(
                 "{name}: not installed (bash benches/install-peers.sh)"

@@ -81,7 +81,7 @@ async fn round(
     streams: usize,
     bytes: usize,
     pattern: Arc<Vec<u8>>,
-    progress: Arc<Vec<[AtomicU64; 2]>>,
+    progress: Progress,
 ) -> Round {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..streams {
@@ -238,11 +238,7 @@ impl Bench {
             })
         };
         let start = Instant::now();
-        let progress: Arc<Vec<[AtomicU64; 2]>> = Arc::new(
-            (0..streams)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
-        );
+        let progress = new_progress(streams);
         // Spawned, so that on a timeout the streams stay open for the report.
         let handle = self.rt.spawn(round(
             conn.port,
@@ -267,15 +263,11 @@ impl Bench {
         r.peak_rss_kib = sampler.join().expect("the memory sampler does not panic");
         r.session_id = conn.session_id.clone();
         if !r.failures.is_empty() {
-            let tail = |s: String| {
-                let lines: Vec<&str> = s.lines().collect();
-                lines[lines.len().saturating_sub(15)..].join("\n")
-            };
             println!(
                 "{transport}: {} streams failed; connect's log ends:\n{}\nthe worker's log ends:\n{}",
                 r.failures.len(),
-                tail(conn.proc.stderr()),
-                tail(self.worker.proc.stderr())
+                log_tail(&conn.proc),
+                log_tail(&self.worker.proc)
             );
         }
         self.dev
@@ -295,6 +287,24 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// The last 15 lines of a process's log.
+fn log_tail(p: &Proc) -> String {
+    let log = p.stderr();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Bytes sent and received so far, per stream of a round.
+type Progress = Arc<Vec<[AtomicU64; 2]>>;
+
+fn new_progress(streams: usize) -> Progress {
+    Arc::new(
+        (0..streams)
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect(),
+    )
 }
 
 /// What a stalled round leaves for diagnosis: the streams that did not finish and how far each
@@ -327,7 +337,7 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
         if pass == 1 {
             std::thread::sleep(Duration::from_secs(10));
         }
-        // -H: no header; each socket is a line of queues and addresses, then a line of details.
+        // -H: no header; -O: one line per socket, starting with its Recv-Q and Send-Q.
         let ss = run("ss", &["-tnmiHO", "state", "established"]);
         let busy: Vec<&str> = ss
             .lines()
@@ -357,14 +367,10 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
             ],
         )
     );
-    let tail = |s: String| {
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    };
     println!(
         "connect's log ends:\n{}\nthe worker's log ends:\n{}",
-        tail(connect.stderr()),
-        tail(worker.stderr())
+        log_tail(connect),
+        log_tail(worker)
     );
 }
 
@@ -500,15 +506,12 @@ fn the_same_round_through_haproxy_with_splice() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let started = Instant::now();
-    let progress = (0..streams)
-        .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-        .collect();
     let r = rt.block_on(round(
         port,
         streams,
         mb * 1_000_000,
         pattern(),
-        Arc::new(progress),
+        new_progress(streams),
     ));
     println!(
         "haproxy+splice: {} streams x {mb} MB in {:.1} s; {} failed",

@@ -6,11 +6,14 @@
 //! allocating per connection.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes per buffer: one TLS record is at most 16 KiB, and 64 KiB reads measured best for
 /// read/write forwarders here (PERF.md).
@@ -61,75 +64,185 @@ impl DerefMut for PooledBuf {
     }
 }
 
-/// Waits until `r` has bytes (or end of stream), and only then takes a buffer for them.
-/// Returns the buffer and the byte count; 0 means end of stream.
-pub(crate) async fn read_pooled<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<(PooledBuf, usize)> {
-    std::future::poll_fn(|cx| {
-        let mut buf = PooledBuf::take();
-        let n = {
-            let mut rb = ReadBuf::new(&mut buf);
-            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
-                // Pending puts nothing in the buffer: it goes straight back to the pool.
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => rb.filled().len(),
-            }
-        };
-        Poll::Ready(Ok((buf, n)))
-    })
-    .await
+/// How long a write may wait, with no byte taken, before the copy reads ahead of it.
+const READ_AHEAD_AFTER: Duration = Duration::from_secs(1);
+/// Most bytes read ahead of a stuck write. It is more than a socket's receive queue holds with
+/// `tcp_buffer_bytes` set to 256 KiB (512 KiB of buffer, ~330 KB of data).
+pub(crate) const READ_AHEAD_MAX: usize = 1 << 20;
+/// A read goes into the last buffer's free room while it has at least this much.
+const MIN_ROOM: usize = 16 * 1024;
+/// Passes that moved bytes before the copy lets other tasks run.
+const PASSES_PER_POLL: usize = 16;
+
+/// Bytes read and not yet written: `buf[start..end]`.
+struct Chunk {
+    buf: PooledBuf,
+    start: usize,
+    end: usize,
 }
 
 /// Copies `r` to `w` until end of stream (then shuts `w` down), counting bytes as they move.
+///
+/// Normally one read is written (and flushed) before the next read, so a connection holds at
+/// most one pooled buffer per direction. When a write has taken no byte for
+/// [`READ_AHEAD_AFTER`], the copy goes on reading, up to [`READ_AHEAD_MAX`], until the write
+/// moves again. That breaks a deadlock with the kernel: from Linux 6.17 a segment reaching
+/// past the receive window is discarded whole, its acknowledgement too, while the receive queue
+/// is not empty, so a relay that stops reading while its write waits can keep out the very
+/// acknowledgement that write is waiting for (docs/testing.md). An emptied receive queue lets
+/// the peer's next retransmission, and its acknowledgement, in.
 pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
     w: &mut W,
     count: &std::sync::atomic::AtomicU64,
 ) -> std::io::Result<()> {
-    loop {
-        let (buf, n) = read_pooled(r).await?;
-        if n == 0 {
-            return w.shutdown().await;
+    let mut queue: VecDeque<Chunk> = VecDeque::new();
+    let mut queued = 0usize;
+    let mut eof = false;
+    let mut flushed = true;
+    // Runs while a write waits without taking a byte; firing turns read-ahead on. Made on the
+    // first wait and reset after, so a busy copy does not allocate a timer per wait.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut waiting = false;
+    let mut read_ahead = false;
+    std::future::poll_fn(|cx| {
+        for _ in 0..PASSES_PER_POLL {
+            let mut moved = false;
+            // Read, into the last buffer's free room or a fresh one.
+            if !eof && (queued == 0 || (read_ahead && queued < READ_AHEAD_MAX)) {
+                let room = queue
+                    .back()
+                    .is_some_and(|c| c.buf.len() - c.end >= MIN_ROOM);
+                if !room {
+                    queue.push_back(Chunk {
+                        buf: PooledBuf::take(),
+                        start: 0,
+                        end: 0,
+                    });
+                }
+                if let Some(c) = queue.back_mut() {
+                    let mut rb = ReadBuf::new(&mut c.buf[c.end..]);
+                    let polled = Pin::new(&mut *r).poll_read(cx, &mut rb);
+                    let n = rb.filled().len();
+                    match polled {
+                        Poll::Ready(Ok(())) if n == 0 => {
+                            eof = true;
+                            moved = true;
+                        }
+                        Poll::Ready(Ok(())) => {
+                            c.end += n;
+                            queued += n;
+                            moved = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                    // An empty buffer goes straight back to the pool: an idle connection holds none.
+                    if c.end == c.start {
+                        queue.pop_back();
+                    }
+                }
+            }
+            // Write what is queued, as far as the writer takes it.
+            while let Some(c) = queue.front_mut() {
+                match Pin::new(&mut *w).poll_write(cx, &c.buf[c.start..c.end]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        c.start += n;
+                        queued -= n;
+                        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        flushed = false;
+                        moved = true;
+                        waiting = false;
+                        read_ahead = false;
+                        if c.start == c.end {
+                            queue.pop_front();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if queue.is_empty() {
+                waiting = false;
+                read_ahead = false;
+                if !flushed {
+                    match Pin::new(&mut *w).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => flushed = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                if eof && flushed {
+                    return Pin::new(&mut *w).poll_shutdown(cx);
+                }
+            } else if !read_ahead {
+                if !waiting {
+                    let deadline = tokio::time::Instant::now() + READ_AHEAD_AFTER;
+                    match timer.as_mut() {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    waiting = true;
+                }
+                // (A timer left running from an earlier wait may wake the task once for nothing.)
+                if timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                {
+                    read_ahead = true;
+                    moved = true;
+                }
+            }
+            if !moved {
+                return Poll::Pending;
+            }
         }
-        w.write_all(&buf[..n]).await?;
-        drop(buf);
-        w.flush().await?;
-        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    }
+        // Still moving: let the thread's other tasks run, then carry on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pooled() -> usize {
+        FREE.with(|f| f.borrow().len())
+    }
 
     #[tokio::test]
-    async fn an_idle_reader_holds_no_buffer_and_buffers_are_reused() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+    async fn an_idle_copy_holds_no_buffer_and_buffers_are_reused() {
+        let (mut src_w, mut src_r) = tokio::io::duplex(1 << 20);
+        let (mut dst_w, mut dst_r) = tokio::io::duplex(1 << 20);
         FREE.with(|f| f.borrow_mut().clear());
-        let reader = tokio::spawn(async move {
-            let (buf, n) = read_pooled(&mut b).await.unwrap();
-            let first = buf[..n].to_vec();
-            drop(buf);
-            let pooled_after = FREE.with(|f| f.borrow().len());
-            (first, pooled_after)
+        let copy = tokio::spawn(async move {
+            let count = AtomicU64::new(0);
+            copy_pooled(&mut src_r, &mut dst_w, &count).await.unwrap();
+            count.into_inner()
         });
-        // The reader is parked on an empty pipe: the buffer it tried went back.
+        // The copy is parked on an empty pipe: the buffer it tried went back.
         tokio::task::yield_now().await;
-        a.write_all(b"hello").await.unwrap();
-        let (first, pooled_after) = reader.await.unwrap();
-        assert_eq!(first, b"hello");
-        assert_eq!(
-            pooled_after, 1,
-            "the one buffer is back in the pool, not freed"
-        );
+        assert_eq!(pooled(), 1, "an idle copy holds no buffer");
+        src_w.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        dst_r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        tokio::task::yield_now().await;
+        assert_eq!(pooled(), 1, "the one buffer is back in the pool, not freed");
+        drop(src_w);
+        assert_eq!(copy.await.unwrap(), 5);
     }
 
     #[tokio::test]
     async fn copies_everything_and_shuts_down_the_writer() {
-        use std::sync::atomic::AtomicU64;
-        use tokio::io::AsyncReadExt;
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let (mut src_w, mut src_r) = tokio::io::duplex(4096);
         let (mut dst_w, mut dst_r) = tokio::io::duplex(4096);
@@ -148,5 +261,52 @@ mod tests {
         read.unwrap();
         assert_eq!(out, data);
         assert_eq!(count.into_inner(), data.len() as u64);
+    }
+
+    /// Writes `data` to `w` in 4 KiB pieces, counting what was taken.
+    async fn feed(mut w: tokio::io::DuplexStream, data: Arc<Vec<u8>>, taken: Arc<AtomicU64>) {
+        for piece in data.chunks(4096) {
+            w.write_all(piece).await.unwrap();
+            taken.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_write_is_read_ahead_of_up_to_the_limit_and_nothing_is_lost() {
+        const PIPE: usize = 64 * 1024;
+        let data: Arc<Vec<u8>> = Arc::new((0..3_000_000u32).map(|i| (i % 253) as u8).collect());
+        let (src_w, mut src_r) = tokio::io::duplex(PIPE);
+        let (mut dst_w, mut dst_r) = tokio::io::duplex(PIPE);
+        let taken = Arc::new(AtomicU64::new(0));
+        tokio::spawn(feed(src_w, data.clone(), taken.clone()));
+        let copy = tokio::spawn(async move {
+            let count = AtomicU64::new(0);
+            copy_pooled(&mut src_r, &mut dst_w, &count).await.unwrap();
+        });
+        // Nobody reads the destination. Before the write has waited READ_AHEAD_AFTER, the copy
+        // holds at most one buffer: the source took its pipe, the destination's and one read.
+        tokio::time::sleep(READ_AHEAD_AFTER / 2).await;
+        let before = taken.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        assert!(
+            before <= 2 * PIPE + BUFFER_SIZE,
+            "{before} bytes taken before the write was stuck"
+        );
+        // Once it has waited, the copy reads on, up to READ_AHEAD_MAX and no further.
+        tokio::time::sleep(READ_AHEAD_AFTER * 3).await;
+        let after = taken.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        assert!(
+            after >= READ_AHEAD_MAX,
+            "only {after} bytes taken from a source with a stuck write"
+        );
+        assert!(
+            after <= 2 * PIPE + READ_AHEAD_MAX + BUFFER_SIZE,
+            "{after} bytes taken: more than the read-ahead limit"
+        );
+        // Every byte arrives, in order, once the destination reads.
+        let mut out = Vec::new();
+        dst_r.read_to_end(&mut out).await.unwrap();
+        copy.await.unwrap();
+        assert_eq!(out.len(), data.len());
+        assert!(out == *data, "the bytes changed on the way");
     }
 }

@@ -5,10 +5,17 @@
 //! read/write managed 1,735 MB/s at 0.55; IORING_OP_SPLICE parks two io-wq kernel threads per
 //! idle connection, so readiness (epoll) drives the calls instead.
 //!
-//! Each direction fills its pipe from the source, then drains it completely into the
-//! destination before reading again. Draining fully keeps the pipe empty whenever the source is
-//! read, so an EAGAIN from the source always means "no data" and never "pipe full" (which would
-//! clear the source's edge-triggered readiness while data waits).
+//! Each direction keeps filling its pipe from the source while the destination is not ready,
+//! up to the pipe's size. A relay that stops reading while its write waits can deadlock with
+//! the kernel: from Linux 6.17 a segment reaching past the receive window is discarded whole
+//! (its acknowledgement too) while the receive queue is not empty, so the acknowledgement the
+//! blocked write waits for may never be processed (docs/testing.md). Reading on empties the
+//! queue.
+//!
+//! When the source has data but the pipe is full, `splice` answers EAGAIN just as it does for
+//! an empty source. A peek tells the two apart, so the source's edge-triggered readiness is
+//! cleared only when it really has nothing (clearing it with data waiting would lose the
+//! wake-up).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +42,24 @@ fn flags() -> SpliceFFlags {
     SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
 }
 
+/// What one attempt to fill the pipe from the source did.
+enum Fill {
+    /// Moved this many bytes; 0 is the source's end of stream.
+    Moved(usize),
+    /// The source has bytes (or its end) waiting, but the pipe has no room.
+    PipeFull,
+}
+
+/// Whether `src` has a byte or its end of stream waiting to be read.
+fn has_input(src: &TcpStream) -> std::io::Result<bool> {
+    let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(src).peek(&mut one) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Moves bytes from `src` to `dst` until end of stream, then shuts `dst` down for writing.
 pub(crate) async fn one_way(
     src: &TcpStream,
@@ -42,35 +67,74 @@ pub(crate) async fn one_way(
     count: &AtomicU64,
 ) -> std::io::Result<()> {
     let (pr, pw, size) = pipe()?;
+    let mut in_pipe = 0usize;
+    let mut eof = false;
     loop {
-        // Fill: the pipe is empty here.
-        let n = loop {
+        let mut moved = false;
+        // Fill while the source has bytes and the pipe has room.
+        let mut wait_src = false;
+        if !eof {
             match src.try_io(Interest::READABLE, || {
-                splice(src, None, &pw, None, size, flags()).map_err(std::io::Error::from)
+                match splice(src, None, &pw, None, size, flags()) {
+                    Ok(n) => Ok(Fill::Moved(n)),
+                    Err(nix::errno::Errno::EAGAIN) if in_pipe > 0 && has_input(src)? => {
+                        Ok(Fill::PipeFull)
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => src.readable().await?,
+                Ok(Fill::Moved(0)) => {
+                    eof = true;
+                    moved = true;
+                }
+                Ok(Fill::Moved(n)) => {
+                    in_pipe += n;
+                    moved = true;
+                }
+                Ok(Fill::PipeFull) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_src = true,
                 Err(e) => return Err(e),
             }
-        };
-        if n == 0 {
+        }
+        // Drain what the pipe holds as far as the destination takes it.
+        let mut wait_dst = false;
+        if in_pipe > 0 {
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, dst, None, in_pipe, flags()).map_err(std::io::Error::from)
+            }) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    in_pipe -= m;
+                    count.fetch_add(m as u64, Ordering::Relaxed);
+                    moved = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_dst = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if eof && in_pipe == 0 {
             return match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
                 _ => Ok(()),
             };
         }
-        // Drain completely.
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(&pr, None, dst, None, left, flags()).map_err(std::io::Error::from)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => dst.writable().await?,
-                Err(e) => return Err(e),
-            }
+        if moved {
+            // A direction that always has bytes to move must still let the other direction
+            // and the thread's other connections run.
+            tokio::task::coop::consume_budget().await;
+            continue;
         }
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        // Nothing moved: wait for whichever side can unblock this direction. A full pipe is
+        // only emptied by the destination, so the source is not waited on then.
+        // (A pass that moved nothing either found the source empty or the destination full.)
+        match (wait_src, wait_dst) {
+            (true, true) => tokio::select! {
+                r = src.readable() => r?,
+                r = dst.writable() => r?,
+            },
+            (true, false) => src.readable().await?,
+            (false, _) => dst.writable().await?,
+        }
     }
 }
 
@@ -125,5 +189,69 @@ mod tests {
         assert_eq!(back, data);
         assert_eq!(server.await.unwrap(), data.len());
         assert_eq!(proxy.await.unwrap(), (data.len() as u64, data.len() as u64));
+    }
+
+    /// A listener whose accepted sockets have small fixed buffers, so the kernel holds little.
+    fn small_listener() -> tokio::net::TcpListener {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_recv_buffer_size(16 * 1024).unwrap();
+        s.set_send_buffer_size(16 * 1024).unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        s.listen(16).unwrap()
+    }
+
+    async fn small_connect(addr: std::net::SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_recv_buffer_size(16 * 1024).unwrap();
+        s.set_send_buffer_size(16 * 1024).unwrap();
+        s.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn keeps_reading_while_the_destination_is_blocked_and_loses_nothing() {
+        // client -> a | proxy | b -> target, every socket with 16 KiB buffers (32 KiB after
+        // the kernel doubles them), and the target reads nothing at first.
+        let front = small_listener();
+        let back = small_listener();
+        let (faddr, baddr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
+        let proxy = tokio::spawn(async move {
+            let (a, _) = front.accept().await.unwrap();
+            let b = small_connect(baddr).await;
+            let n = AtomicU64::new(0);
+            one_way(&a, &b, &n).await.unwrap();
+            n.into_inner()
+        });
+        let mut client = small_connect(faddr).await;
+        let (mut target, _) = back.accept().await.unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        // Write until nothing more is taken for 500 ms.
+        let mut sent = 0;
+        while sent < data.len() {
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                client.write(&data[sent..]),
+            )
+            .await
+            {
+                Ok(n) => sent += n.unwrap(),
+                Err(_) => break,
+            }
+        }
+        // The sockets hold ~130 KiB between them; the rest sits in the proxy's pipe. A relay
+        // that stopped reading while its write waited would have taken ~30 KiB more, not this.
+        assert!(
+            sent >= 512 * 1024,
+            "only {sent} bytes taken while the destination was blocked"
+        );
+        let rest = async {
+            client.write_all(&data[sent..]).await.unwrap();
+            client.shutdown().await.unwrap();
+        };
+        let mut out = Vec::new();
+        let (_, read) = tokio::join!(rest, target.read_to_end(&mut out));
+        read.unwrap();
+        assert_eq!(out.len(), data.len());
+        assert!(out == data, "the bytes changed on the way");
+        assert_eq!(proxy.await.unwrap(), data.len() as u64);
     }
 }

@@ -65,7 +65,7 @@ impl DerefMut for PooledBuf {
 }
 
 /// How long a write may wait, with no byte taken, before the copy reads ahead of it.
-const READ_AHEAD_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const READ_AHEAD_AFTER: Duration = Duration::from_secs(1);
 /// Most bytes read ahead of a stuck write. It is more than a socket's receive queue holds with
 /// `tcp_buffer_bytes` set to 256 KiB (512 KiB of buffer, ~330 KB of data).
 pub(crate) const READ_AHEAD_MAX: usize = 1 << 20;

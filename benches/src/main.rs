@@ -314,6 +314,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Err(e) = procs::stop_children_on_signal() {
+        eprintln!("Error: could not watch for SIGTERM: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let started = Instant::now();
     if let Some(secs) = o.authorize_only {
         let r = procs::sluice_bin(o.sluice.as_deref())

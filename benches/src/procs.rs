@@ -69,6 +69,51 @@ pub fn rss_and_threads(pid: u32) -> (u64, u64) {
     (field("VmRSS:") * 1024, field("Threads:"))
 }
 
+/// Children alive now, so that a SIGTERM or SIGHUP to the harness can stop them
+/// ([`stop_children_on_signal`]); a panic or an error stops them through `Drop`.
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends SIGTERM to `pid` (a child of this process).
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// On SIGTERM or SIGHUP, stops every child still running and exits with 128 + the signal.
+/// Without it, `kill <harness>` left `sluice dev`, `connect` and the targets running (Ctrl-C
+/// reaches the whole process group and did not).
+pub fn stop_children_on_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut hup) = rt.block_on(async {
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        let code = rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => 128 + 15,
+                _ = hup.recv() => 128 + 1,
+            }
+        });
+        let pids = live().clone();
+        eprintln!("sluice-bench: stopping {} child processes", pids.len());
+        pids.into_iter().for_each(terminate);
+        std::process::exit(code);
+    });
+    Ok(())
+}
+
 /// A child that is killed when dropped, with its stdout lines on a channel.
 pub struct Proc {
     pub child: Child,
@@ -85,6 +130,7 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("while starting {cmd:?}"))?;
+        live().push(child.id());
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -161,10 +207,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let pid = self.child.id();
+        live().retain(|p| *p != pid);
+        terminate(pid);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -170,7 +170,9 @@ pub async fn relay_after(
             }
             let read_ahead = stuck_since.is_some_and(|t| t.elapsed() >= READ_AHEAD_AFTER);
             let may_read = !eof && (pending.is_empty() || (read_ahead && queued < READ_AHEAD_MAX));
-            if buf.capacity() < want / 4 {
+            // Only a read that may happen gets a buffer: one waiting behind a stuck write
+            // would hold up to READ_CHUNK per stream for nothing.
+            if may_read && buf.capacity() < want / 4 {
                 buf.reserve(want);
             }
             let room = buf.capacity();

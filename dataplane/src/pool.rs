@@ -65,7 +65,7 @@ impl DerefMut for PooledBuf {
 }
 
 /// How long a write may wait, with no byte taken, before the copy reads ahead of it.
-pub(crate) const READ_AHEAD_AFTER: Duration = Duration::from_secs(1);
+const READ_AHEAD_AFTER: Duration = Duration::from_secs(1);
 /// Most bytes read ahead of a stuck write. It is more than a socket's receive queue holds with
 /// `tcp_buffer_bytes` set to 256 KiB (512 KiB of buffer, ~330 KB of data).
 pub(crate) const READ_AHEAD_MAX: usize = 1 << 20;
@@ -73,6 +73,40 @@ pub(crate) const READ_AHEAD_MAX: usize = 1 << 20;
 const MIN_ROOM: usize = 16 * 1024;
 /// Passes that moved bytes before the copy lets other tasks run.
 const PASSES_PER_POLL: usize = 16;
+
+/// Times a write that takes nothing, for the relays' read-ahead: ready once the wait has lasted
+/// [`READ_AHEAD_AFTER`]. The timer is made on the first wait and reset after, so a busy relay
+/// does not allocate one per wait.
+#[derive(Default)]
+pub(crate) struct StuckWrite {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl StuckWrite {
+    /// The write took bytes, or has none to take: any wait is over.
+    pub(crate) fn moved(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The write is waiting: starts timing if this wait is new; ready once it has lasted
+    /// [`READ_AHEAD_AFTER`]. (A timer left running from an earlier wait may wake the task once
+    /// for nothing.)
+    pub(crate) fn poll_stuck(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if !self.waiting {
+            let deadline = tokio::time::Instant::now() + READ_AHEAD_AFTER;
+            match self.timer.as_mut() {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = true;
+        }
+        match self.timer.as_mut() {
+            Some(t) => t.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// Bytes read and not yet written: `buf[start..end]`.
 struct Chunk {
@@ -100,10 +134,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut queued = 0usize;
     let mut eof = false;
     let mut flushed = true;
-    // Runs while a write waits without taking a byte; firing turns read-ahead on. Made on the
-    // first wait and reset after, so a busy copy does not allocate a timer per wait.
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut waiting = false;
+    let mut stuck = StuckWrite::default();
     let mut read_ahead = false;
     std::future::poll_fn(|cx| {
         for _ in 0..PASSES_PER_POLL {
@@ -155,7 +186,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         flushed = false;
                         moved = true;
-                        waiting = false;
+                        stuck.moved();
                         read_ahead = false;
                         if c.start == c.end {
                             queue.pop_front();
@@ -166,7 +197,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 }
             }
             if queue.is_empty() {
-                waiting = false;
+                stuck.moved();
                 read_ahead = false;
                 if !flushed {
                     match Pin::new(&mut *w).poll_flush(cx) {
@@ -178,23 +209,9 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 if eof && flushed {
                     return Pin::new(&mut *w).poll_shutdown(cx);
                 }
-            } else if !read_ahead {
-                if !waiting {
-                    let deadline = tokio::time::Instant::now() + READ_AHEAD_AFTER;
-                    match timer.as_mut() {
-                        Some(t) => t.as_mut().reset(deadline),
-                        None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    }
-                    waiting = true;
-                }
-                // (A timer left running from an earlier wait may wake the task once for nothing.)
-                if timer
-                    .as_mut()
-                    .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-                {
-                    read_ahead = true;
-                    moved = true;
-                }
+            } else if !read_ahead && stuck.poll_stuck(cx).is_ready() {
+                read_ahead = true;
+                moved = true;
             }
             if !moved {
                 return Poll::Pending;

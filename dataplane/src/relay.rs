@@ -226,7 +226,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     /// Both ends of a QUIC connection on loopback. The client's stream receive window is 64 KiB,
     /// so quinn stops taking the relay's bytes soon after the client stops reading.
@@ -236,22 +236,15 @@ mod tests {
         quinn::Connection,
         quinn::Connection,
     ) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let leaf = CertificateParams::new(vec![crate::tls::WORKER_SERVER_NAME.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
+        let id = sluice_controlplane::pki::generate_worker_identity(crate::tls::WORKER_SERVER_NAME)
             .unwrap();
-        let chain = vec![leaf.der().clone(), ca.der().clone()];
-        let pk = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let ca = CertificateDer::from(id.ca_cert);
+        let chain = vec![CertificateDer::from(id.cert), ca.clone()];
+        let pk = PrivateKeyDer::Pkcs8(id.key.into());
         let tls = crate::tls::rustls_server_config(chain, pk).unwrap();
         let server_cfg = crate::tls::server_config(tls).unwrap();
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut client_cfg = crate::tls::client_config(crate::tls::fingerprint(ca.der())).unwrap();
+        let mut client_cfg = crate::tls::client_config(crate::tls::fingerprint(&ca)).unwrap();
         let mut small = crate::tls::transport_config(true);
         small
             .stream_receive_window((64u32 << 10).into())

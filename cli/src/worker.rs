@@ -12,6 +12,7 @@
 //! threads = 0                                # 0: one per core
 //! allow_plaintext = false                    # accept the plaintext tcp transport
 //! tcp_buffer_bytes = 0                       # fixed TCP socket buffers; 0: kernel autotuning
+//! read_ahead_budget_bytes = 67108864         # bytes read ahead of stuck writes, all relays
 //!
 //! [worker.tags]
 //! env = ["prod"]
@@ -53,6 +54,7 @@ struct WorkerSection {
     threads: usize,
     allow_plaintext: bool,
     tcp_buffer_bytes: usize,
+    read_ahead_budget_bytes: usize,
     tags: BTreeMap<String, Vec<String>>,
 }
 
@@ -68,6 +70,7 @@ impl Default for WorkerSection {
             threads: 0,
             allow_plaintext: false,
             tcp_buffer_bytes: 0,
+            read_ahead_budget_bytes: sluice_dataplane::DEFAULT_READ_AHEAD_BUDGET,
             tags: BTreeMap::new(),
         }
     }
@@ -223,6 +226,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     config.threads = w.threads;
     config.allow_plaintext = w.allow_plaintext;
     config.tcp_buffer = (w.tcp_buffer_bytes > 0).then_some(w.tcp_buffer_bytes);
+    config.read_ahead_budget = w.read_ahead_budget_bytes;
     // The keys the controller sent last (kept on disk), until its welcome brings the current
     // set: a worker restarted while the controller is away still admits tokens.
     let kept = load_keys(&w.auth_storage_path);

@@ -22,6 +22,7 @@ mod stream_transport;
 pub mod tls;
 mod trim;
 
+pub use pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};
 

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -74,6 +75,79 @@ const MIN_ROOM: usize = 16 * 1024;
 /// Passes that moved bytes before the copy lets other tasks run.
 const PASSES_PER_POLL: usize = 16;
 
+/// Read-ahead bytes all relays of a process may hold at once, unless the worker's config says
+/// otherwise: 64 stuck directions at [`READ_AHEAD_MAX`] each. Without a shared limit, a thousand
+/// slow streams on a busy machine held 718 MB read ahead (docs/testing.md), and clients that
+/// stop reading could make the worker hold a MiB per connection.
+pub const DEFAULT_READ_AHEAD_BUDGET: usize = 64 << 20;
+
+static BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_READ_AHEAD_BUDGET);
+static USED: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the process's read-ahead budget (0 turns read-ahead off). Shares already held keep
+/// what they hold.
+pub(crate) fn set_read_ahead_budget(bytes: usize) {
+    BUDGET.store(bytes, Ordering::Relaxed);
+}
+
+/// Read-ahead bytes held by every relay of this process now.
+#[cfg(test)]
+pub(crate) fn read_ahead_in_use() -> usize {
+    USED.load(Ordering::Relaxed)
+}
+
+/// Held by each test that reads ahead or changes the budget: the budget is process-wide and
+/// tests run side by side.
+#[cfg(test)]
+pub(crate) static BUDGET_TEST_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One relay direction's share of the process's read-ahead budget; dropping it gives it back.
+#[derive(Default)]
+pub(crate) struct AheadShare {
+    held: usize,
+}
+
+impl AheadShare {
+    /// Holds at least `bytes` of the budget; false (and nothing taken) if the budget has no
+    /// room for the difference.
+    pub(crate) fn hold(&mut self, bytes: usize) -> bool {
+        let Some(more) = bytes.checked_sub(self.held).filter(|m| *m > 0) else {
+            return true;
+        };
+        let budget = BUDGET.load(Ordering::Relaxed);
+        let taken = USED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            used.checked_add(more).filter(|u| *u <= budget)
+        });
+        if taken.is_err() {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    budget,
+                    "the read-ahead budget is in use: more connections whose writes are stuck \
+                     wait for it (raise [worker] read_ahead_budget_bytes if this is frequent)"
+                );
+            }
+            return false;
+        }
+        self.held = bytes;
+        true
+    }
+
+    /// Gives back all but `bytes` of what is held.
+    pub(crate) fn keep(&mut self, bytes: usize) {
+        if self.held > bytes {
+            USED.fetch_sub(self.held - bytes, Ordering::Relaxed);
+            self.held = bytes;
+        }
+    }
+}
+
+impl Drop for AheadShare {
+    fn drop(&mut self) {
+        self.keep(0);
+    }
+}
+
 /// Times a write that takes nothing, for the relays' read-ahead: ready once the wait has lasted
 /// [`READ_AHEAD_AFTER`]. The timer is made on the first wait and reset after, so a busy relay
 /// does not allocate one per wait.
@@ -86,6 +160,12 @@ pub(crate) struct StuckWrite {
 impl StuckWrite {
     /// The write took bytes, or has none to take: any wait is over.
     pub(crate) fn moved(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The budget had no room for a read ahead: time the wait afresh, and ask again once it
+    /// has lasted [`READ_AHEAD_AFTER`] more.
+    pub(crate) fn restart(&mut self) {
         self.waiting = false;
     }
 
@@ -119,12 +199,13 @@ struct Chunk {
 ///
 /// Normally one read is written (and flushed) before the next read, so a connection holds at
 /// most one pooled buffer per direction. When a write has taken no byte for
-/// [`READ_AHEAD_AFTER`], the copy goes on reading, up to [`READ_AHEAD_MAX`], until the write
-/// moves again. That breaks a deadlock with the kernel: from Linux 6.17 a segment reaching
-/// past the receive window is discarded whole, its acknowledgement too, while the receive queue
-/// is not empty, so a relay that stops reading while its write waits can keep out the very
-/// acknowledgement that write is waiting for (docs/testing.md). An emptied receive queue lets
-/// the peer's next retransmission, and its acknowledgement, in.
+/// [`READ_AHEAD_AFTER`], the copy goes on reading, up to [`READ_AHEAD_MAX`] and as far as the
+/// process's read-ahead budget allows, until the write moves again. That breaks a deadlock with
+/// the kernel: from Linux 6.17 a segment reaching past the receive window is discarded whole,
+/// its acknowledgement too, while the receive queue is not empty, so a relay that stops reading
+/// while its write waits can keep out the very acknowledgement that write is waiting for
+/// (docs/testing.md). An emptied receive queue lets the peer's next retransmission, and its
+/// acknowledgement, in.
 pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
     w: &mut W,
@@ -136,15 +217,25 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut flushed = true;
     let mut stuck = StuckWrite::default();
     let mut read_ahead = false;
+    let mut share = AheadShare::default();
     std::future::poll_fn(|cx| {
         for _ in 0..PASSES_PER_POLL {
             let mut moved = false;
             // Read, into the last buffer's free room or a fresh one.
-            if !eof && (queued == 0 || (read_ahead && queued < READ_AHEAD_MAX)) {
-                let room = queue
-                    .back()
-                    .is_some_and(|c| c.buf.len() - c.end >= MIN_ROOM);
-                if !room {
+            let mut may_read = !eof && (queued == 0 || (read_ahead && queued < READ_AHEAD_MAX));
+            let room = queue.back().map_or(0, |c| c.buf.len() - c.end);
+            // A read ahead of a stuck write is held against the process's budget; without
+            // room in it, the write waits as it would without read-ahead, and asks again later.
+            if may_read
+                && queued > 0
+                && !share.hold(queued + if room >= MIN_ROOM { room } else { BUFFER_SIZE })
+            {
+                may_read = false;
+                read_ahead = false;
+                stuck.restart();
+            }
+            if may_read {
+                if room < MIN_ROOM {
                     queue.push_back(Chunk {
                         buf: PooledBuf::take(),
                         start: 0,
@@ -173,6 +264,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         queue.pop_back();
                     }
                 }
+                share.keep(queued);
             }
             // Write what is queued, as far as the writer takes it.
             while let Some(c) = queue.front_mut() {
@@ -196,6 +288,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     Poll::Pending => break,
                 }
             }
+            share.keep(queued);
             if queue.is_empty() {
                 stuck.moved();
                 read_ahead = false;
@@ -290,6 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_write_is_read_ahead_of_up_to_the_limit_and_nothing_is_lost() {
+        let _budget = BUDGET_TEST_LOCK.lock().await;
         const PIPE: usize = 64 * 1024;
         let data: Arc<Vec<u8>> = Arc::new((0..3_000_000u32).map(|i| (i % 253) as u8).collect());
         let (src_w, mut src_r) = tokio::io::duplex(PIPE);
@@ -324,6 +418,102 @@ mod tests {
         dst_r.read_to_end(&mut out).await.unwrap();
         copy.await.unwrap();
         assert_eq!(out.len(), data.len());
+        assert!(out == *data, "the bytes changed on the way");
+    }
+
+    /// A copy from a fed source to a destination nobody reads yet: (bytes the source has had
+    /// taken, the destination's reader, the copy).
+    fn stuck_copy(
+        data: Arc<Vec<u8>>,
+        pipe: usize,
+    ) -> (
+        Arc<AtomicU64>,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (src_w, mut src_r) = tokio::io::duplex(pipe);
+        let (mut dst_w, dst_r) = tokio::io::duplex(pipe);
+        let taken = Arc::new(AtomicU64::new(0));
+        tokio::spawn(feed(src_w, data, taken.clone()));
+        let copy = tokio::spawn(async move {
+            let count = AtomicU64::new(0);
+            copy_pooled(&mut src_r, &mut dst_w, &count).await.unwrap();
+        });
+        (taken, dst_r, copy)
+    }
+
+    /// Restores the default budget when a test ends, even by panic.
+    struct DefaultBudget;
+    impl Drop for DefaultBudget {
+        fn drop(&mut self) {
+            set_read_ahead_budget(DEFAULT_READ_AHEAD_BUDGET);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_ahead_stops_at_the_budget_and_resumes_when_it_is_given_back() {
+        let _budget = BUDGET_TEST_LOCK.lock().await;
+        let _restore = DefaultBudget;
+        const PIPE: usize = 64 * 1024;
+        const BUDGET: usize = 256 * 1024;
+        let no_read_ahead = 2 * PIPE + BUFFER_SIZE;
+        set_read_ahead_budget(BUDGET);
+        let data: Arc<Vec<u8>> = Arc::new((0..3_000_000u32).map(|i| (i % 241) as u8).collect());
+        let got = |t: &Arc<AtomicU64>| t.load(std::sync::atomic::Ordering::Relaxed) as usize;
+
+        // The first stuck copy reads ahead as far as the budget goes, less than its own limit.
+        let (a_taken, mut a_dst, a_copy) = stuck_copy(data.clone(), PIPE);
+        tokio::time::sleep(READ_AHEAD_AFTER * 3).await;
+        let a = got(&a_taken);
+        assert!(
+            a >= BUDGET && a <= no_read_ahead + BUDGET,
+            "the first copy took {a} bytes with a budget of {BUDGET}"
+        );
+        assert!(read_ahead_in_use() <= BUDGET);
+
+        // A second one finds the budget in use: its write waits as it did without read-ahead.
+        let (b_taken, mut b_dst, b_copy) = stuck_copy(data.clone(), PIPE);
+        tokio::time::sleep(READ_AHEAD_AFTER * 3).await;
+        let b = got(&b_taken);
+        assert!(b <= no_read_ahead, "{b} bytes taken past a budget in use");
+
+        // The first one's reader catches up and its copy ends: the budget goes back, and the
+        // second copy reads ahead within the next READ_AHEAD_AFTER or two.
+        let mut out = Vec::new();
+        a_dst.read_to_end(&mut out).await.unwrap();
+        a_copy.await.unwrap();
+        assert!(out == *data, "the first copy's bytes changed on the way");
+        tokio::time::sleep(READ_AHEAD_AFTER * 3).await;
+        let b = got(&b_taken);
+        assert!(
+            b >= BUDGET,
+            "the second copy took only {b} bytes after the budget was given back"
+        );
+
+        let mut out = Vec::new();
+        b_dst.read_to_end(&mut out).await.unwrap();
+        b_copy.await.unwrap();
+        assert!(out == *data, "the second copy's bytes changed on the way");
+        assert_eq!(read_ahead_in_use(), 0, "finished copies hold no budget");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_of_zero_turns_read_ahead_off() {
+        let _budget = BUDGET_TEST_LOCK.lock().await;
+        let _restore = DefaultBudget;
+        const PIPE: usize = 64 * 1024;
+        set_read_ahead_budget(0);
+        let data: Arc<Vec<u8>> = Arc::new((0..1_000_000u32).map(|i| (i % 233) as u8).collect());
+        let (taken, mut dst, copy) = stuck_copy(data.clone(), PIPE);
+        tokio::time::sleep(READ_AHEAD_AFTER * 5).await;
+        let t = taken.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        assert!(
+            t <= 2 * PIPE + BUFFER_SIZE,
+            "{t} bytes read ahead with no budget"
+        );
+        let mut out = Vec::new();
+        dst.read_to_end(&mut out).await.unwrap();
+        copy.await.unwrap();
         assert!(out == *data, "the bytes changed on the way");
     }
 }

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pool::{StuckWrite, READ_AHEAD_MAX};
+use crate::pool::{AheadShare, StuckWrite, READ_AHEAD_MAX};
 
 /// Largest read handed to quinn as one chunk. 256 KiB measured ~15 % more throughput and ~15 %
 /// less client CPU than 64 KiB on the full QUIC path (interleaved A/B, 4 runs each).
@@ -154,13 +154,14 @@ pub async fn relay_after(
         let mut buf = BytesMut::with_capacity(want);
         // Chunks read and not yet taken by quinn. Normally one chunk is handed over before the
         // next read; once quinn has taken nothing for READ_AHEAD_AFTER, reading goes on up to
-        // READ_AHEAD_MAX, so the socket's receive queue empties (see pool::copy_pooled: a
+        // READ_AHEAD_MAX (as far as the process's read-ahead budget allows), so the socket's receive queue empties (see pool::copy_pooled: a
         // full receive queue can keep out the acknowledgement the other direction waits for).
         let mut pending: Vec<Bytes> = Vec::new();
         let mut queued = 0usize;
         let mut eof = false;
         let mut stuck = StuckWrite::default();
         let mut read_ahead = false;
+        let mut share = AheadShare::default();
         loop {
             if pending.is_empty() {
                 stuck.moved();
@@ -170,7 +171,15 @@ pub async fn relay_after(
                     return Ok::<_, String>(());
                 }
             }
-            let may_read = !eof && (pending.is_empty() || (read_ahead && queued < READ_AHEAD_MAX));
+            let mut may_read =
+                !eof && (pending.is_empty() || (read_ahead && queued < READ_AHEAD_MAX));
+            // A read ahead of a stuck write is held against the process's budget; without room
+            // in it, the write waits as it would without read-ahead, and asks again later.
+            if may_read && queued > 0 && !share.hold(queued + buf.capacity().max(want)) {
+                may_read = false;
+                read_ahead = false;
+                stuck.restart();
+            }
             // Only a read that may happen gets a buffer: one waiting behind a stuck write
             // would hold up to READ_CHUNK per stream for nothing.
             if may_read && buf.capacity() < want / 4 {
@@ -207,6 +216,7 @@ pub async fn relay_after(
                 () = std::future::poll_fn(|cx| stuck.poll_stuck(cx)),
                     if !pending.is_empty() && !read_ahead => read_ahead = true,
             }
+            share.keep(queued);
         }
     };
     let result = tokio::try_join!(to_tcp, to_quic);
@@ -280,6 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_is_read_ahead_of_a_stalled_quic_stream_and_nothing_is_lost() {
+        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
         let (_server, _client, worker_side, client_side) = quic_pair().await;
         let (mut c_send, mut c_recv) = client_side.open_bi().await.unwrap();
         c_send.write_all(b"x").await.unwrap();

@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     /// Fixed receive and send buffer size of the TCP sockets the worker relays (to clients of
     /// the tls and tcp transports, and to targets); `None` leaves the kernel's autotuning.
     pub tcp_buffer: Option<usize>,
+    /// Bytes the relays may hold, together, read ahead of writes that have waited over a
+    /// second (0: never read ahead). The limit is process-wide.
+    pub read_ahead_budget: usize,
 }
 
 /// Counts the handshakes in progress on one thread.
@@ -97,6 +100,7 @@ impl WorkerConfig {
             allow_plaintext: false,
             max_handshakes: 1024,
             tcp_buffer: None,
+            read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
         }
     }
 }
@@ -142,6 +146,7 @@ impl Worker {
             .map_err(|e| std::io::Error::other(format!("worker QUIC config: {e}")))?;
         let (local_addr, sockets) =
             crate::net::bind_all(config.listen_addr, threads, config.tcp_buffer)?;
+        crate::pool::set_read_ahead_budget(config.read_ahead_budget);
         let mut registry = Registry::new(config.worker_id.clone(), keys, events);
         registry.tcp_buffer = config.tcp_buffer;
         let registry = Arc::new(registry);

@@ -12,7 +12,8 @@
 //! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp`)
 //! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
 //! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
-//! docs/testing.md), `SLUICE_LOAD_ROUND_SECS` how long a round may take before the test prints
+//! docs/testing.md), `SLUICE_LOAD_READ_AHEAD` the worker's `read_ahead_budget_bytes`,
+//! `SLUICE_LOAD_ROUND_SECS` how long a round may take before the test prints
 //! what is stuck (streams, `ss`, drop counters, logs) and fails.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -205,8 +206,11 @@ impl Bench {
             Some(&token),
             &[],
             &format!(
-                "[worker]\nallow_plaintext = true\ntcp_buffer_bytes = {}\n",
-                env_or("SLUICE_LOAD_WORKER_BUF", 0)
+                "[worker]\nallow_plaintext = true\ntcp_buffer_bytes = {}\n{}",
+                env_or("SLUICE_LOAD_WORKER_BUF", 0),
+                std::env::var("SLUICE_LOAD_READ_AHEAD")
+                    .map(|b| format!("read_ahead_budget_bytes = {b}\n"))
+                    .unwrap_or_default()
             ),
         );
         Self {

@@ -42,7 +42,7 @@ step "benchmark harness, quick run (release build; figures are indicative, see b
 cargo build -q --release --locked -p sluice-cli -p sluice-bench
 ./target/release/sluice-bench --quick --out target/bench-quick
 
-step "load: 1,000 concurrent streams through quic and tcp, sha256 both ways (release build)"
+step "load: 1,000 concurrent streams through quic, tcp and tls, sha256 both ways (release build)"
 # Smaller than the issue's 10 MB per stream, which is run by hand (docs/testing.md): over quic
 # 1,000 streams in one session run at ~15-75 MB/s here (10 MB each took 200-700 s), and over tcp
 # 10 MB per stream with autotuned buffers drives this one shared kernel into TCP memory pressure,

@@ -1,15 +1,15 @@
-//! Load: many concurrent streams of known bytes through the QUIC and TCP transports, each
+//! Load: many concurrent streams of known bytes through the QUIC, TCP and TLS transports, each
 //! checked by SHA-256 in both directions, with the worker's memory checked afterwards.
 //!
 //! Both tests are `#[ignore]`: they move tens of GiB and are meant for release binaries.
 //! - `streams_arrive_intact_and_worker_memory_returns_to_baseline`: 1,000 streams × 10 MB per
-//!   transport. `scripts/test.sh` runs it smaller (2 MB per QUIC stream, 1 MB per tcp stream)
-//!   against the release build (`SLUICE_BIN`).
+//!   transport. `scripts/test.sh` runs it smaller (2 MB per QUIC stream, 1 MB per tcp or tls
+//!   stream) against the release build (`SLUICE_BIN`).
 //! - `soak`: rounds of the same for an hour (`SLUICE_SOAK_SECS`), with sessions authorized and
 //!   canceled between rounds; see docs/testing.md.
 //!
 //! `SLUICE_LOAD_STREAMS` and `SLUICE_LOAD_MB` change the size of a round,
-//! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp`)
+//! `SLUICE_LOAD_QUIC_MB` that of the QUIC round alone, `SLUICE_LOAD_TRANSPORTS` (`quic,tcp,tls`)
 //! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
 //! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
 //! docs/testing.md), `SLUICE_LOAD_READ_AHEAD` the worker's `read_ahead_budget_bytes`,
@@ -389,7 +389,7 @@ fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
     let mb = env_or("SLUICE_LOAD_MB", 10);
     let bench = Bench::start();
     // Warm up each transport (thread pools, QUIC endpoints, buffers), then take the baseline.
-    for transport in ["quic", "tcp"] {
+    for transport in ["quic", "tcp", "tls"] {
         let (r, _) = bench.through(transport, 16, 1 << 20);
         assert!(
             r.failures.is_empty(),
@@ -398,7 +398,8 @@ fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
         );
     }
     let baseline = bench.settled_rss(0);
-    let transports = std::env::var("SLUICE_LOAD_TRANSPORTS").unwrap_or_else(|_| "quic,tcp".into());
+    let transports =
+        std::env::var("SLUICE_LOAD_TRANSPORTS").unwrap_or_else(|_| "quic,tcp,tls".into());
     for transport in transports.split(',') {
         // SLUICE_LOAD_QUIC_MB sizes the QUIC round on its own (see scripts/test.sh).
         let mb = match transport {

@@ -292,7 +292,7 @@ mod tests {
     async fn tcp_is_read_ahead_of_a_stalled_quic_stream_and_nothing_is_lost() {
         let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
         let (_server, _client, worker_side, client_side) = quic_pair().await;
-        let (mut c_send, mut c_recv) = client_side.open_bi().await.unwrap();
+        let (mut c_send, c_recv) = client_side.open_bi().await.unwrap();
         c_send.write_all(b"x").await.unwrap();
         let (send, recv) = worker_side.accept_bi().await.unwrap();
         let (mut app, tcp) = small_tcp_pair().await;

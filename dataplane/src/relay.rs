@@ -291,18 +291,31 @@ mod tests {
     #[tokio::test]
     async fn tcp_is_read_ahead_of_a_stalled_quic_stream_and_nothing_is_lost() {
         let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
+        // Without read-ahead the relay stops at what the stream window, its one read and the
+        // socket buffers hold: 131,072 bytes when measured.
+        let sent = taken_while_stalled(crate::pool::DEFAULT_READ_AHEAD_BUDGET, 4_000_000).await;
+        assert!(
+            sent >= READ_AHEAD_MAX,
+            "only {sent} bytes taken while the QUIC stream was stalled"
+        );
+    }
+
+    /// Bytes the relay takes from its TCP side while the QUIC client reads nothing, until
+    /// nothing more is taken for 1.5 s (longer than the relay waits before it reads ahead),
+    /// with the process's read-ahead budget set to `budget`. Then the client reads: all `len`
+    /// bytes must arrive intact.
+    async fn taken_while_stalled(budget: usize, len: u32) -> usize {
         let (_server, _client, worker_side, client_side) = quic_pair().await;
-        let (mut c_send, c_recv) = client_side.open_bi().await.unwrap();
+        let (mut c_send, mut c_recv) = client_side.open_bi().await.unwrap();
         c_send.write_all(b"x").await.unwrap();
         let (send, recv) = worker_side.accept_bi().await.unwrap();
         let (mut app, tcp) = small_tcp_pair().await;
         let counts = Arc::new(Counts::default());
         let relay_counts = counts.clone();
+        crate::pool::set_read_ahead_budget(budget);
         let relay =
             tokio::spawn(async move { relay(tcp, send, recv, Bytes::new(), &relay_counts).await });
-        // The client reads nothing from its stream. The app writes until nothing more is
-        // taken for 1.5 s, longer than the relay waits before it reads ahead.
-        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 239) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
         let mut sent = 0;
         while sent < data.len() {
             match tokio::time::timeout(Duration::from_millis(1500), app.write(&data[sent..])).await
@@ -311,26 +324,8 @@ mod tests {
                 Err(_) => break,
             }
         }
-        // Without read-ahead the relay stops at what the stream window, its one read and the
-        // socket buffers hold: 131,072 bytes when measured.
-        assert!(
-            sent >= READ_AHEAD_MAX,
-            "only {sent} bytes taken while the QUIC stream was stalled"
-        );
-        finish(app, sent, data, c_send, c_recv, counts, relay).await;
-    }
-
-    /// The app writes the rest of `data` and ends; the client reads all of it: every byte
-    /// arrives in order and the relay ends cleanly.
-    async fn finish(
-        mut app: TcpStream,
-        sent: usize,
-        data: Vec<u8>,
-        mut c_send: quinn::SendStream,
-        mut c_recv: quinn::RecvStream,
-        counts: Arc<Counts>,
-        relay: tokio::task::JoinHandle<Outcome>,
-    ) {
+        crate::pool::set_read_ahead_budget(crate::pool::DEFAULT_READ_AHEAD_BUDGET);
+        // The app writes the rest and ends; the client reads it all.
         let rest = async {
             app.write_all(&data[sent..]).await.unwrap();
             app.shutdown().await.unwrap();
@@ -346,32 +341,6 @@ mod tests {
         );
         c_send.finish().unwrap();
         assert_eq!(relay.await.unwrap(), Outcome::Done);
-    }
-
-    /// Bytes the relay takes from its TCP side, within 1.5 s of the last taken, while the
-    /// QUIC client reads nothing, with the process's read-ahead budget set to `budget`.
-    async fn taken_with_budget(budget: usize) -> usize {
-        let (_server, _client, worker_side, client_side) = quic_pair().await;
-        let (mut c_send, c_recv) = client_side.open_bi().await.unwrap();
-        c_send.write_all(b"x").await.unwrap();
-        let (send, recv) = worker_side.accept_bi().await.unwrap();
-        let (mut app, tcp) = small_tcp_pair().await;
-        let counts = Arc::new(Counts::default());
-        let relay_counts = counts.clone();
-        crate::pool::set_read_ahead_budget(budget);
-        let relay =
-            tokio::spawn(async move { relay(tcp, send, recv, Bytes::new(), &relay_counts).await });
-        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 229) as u8).collect();
-        let mut sent = 0;
-        while sent < data.len() {
-            match tokio::time::timeout(Duration::from_millis(1500), app.write(&data[sent..])).await
-            {
-                Ok(n) => sent += n.unwrap(),
-                Err(_) => break,
-            }
-        }
-        crate::pool::set_read_ahead_budget(crate::pool::DEFAULT_READ_AHEAD_BUDGET);
-        finish(app, sent, data, c_send, c_recv, counts, relay).await;
         sent
     }
 
@@ -380,10 +349,10 @@ mod tests {
         let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
         // Nothing read ahead: what the window, one read and the sockets hold (131,072 bytes
         // when measured).
-        let none = taken_with_budget(0).await;
+        let none = taken_while_stalled(0, 2_000_000).await;
         assert!(none < 256 * 1024, "{none} bytes taken with no budget");
         const BUDGET: usize = 512 * 1024;
-        let some = taken_with_budget(BUDGET).await;
+        let some = taken_while_stalled(BUDGET, 2_000_000).await;
         assert!(
             some > none + BUDGET / 2 && some <= none + BUDGET,
             "{some} bytes taken with a budget of {BUDGET}, {none} with none"

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_proto::cluster::WorkerEvent;
-use sluice_proto::{AuthzToken, ConnectionClosedReason, TerminationReason, TokenSigner};
+use sluice_proto::{AuthzToken, TerminationReason, TokenSigner};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
@@ -299,17 +299,36 @@ impl Controller {
             state.auth_tokens.insert(id, t);
         }
         let now = Timestamp::now();
-        for (id, mut s) in load::<Session>(&*store, Table::Sessions)? {
+        let mut stored = load::<Session>(&*store, Table::Sessions)?;
+        // Records written before connections had their own table carry them inline: move
+        // them, in the same commit as the rest of startup's writes.
+        for (_, s) in stored.iter().filter(|(_, s)| !s.connections.is_empty()) {
+            writes
+                .extend((0..s.connections.len()).filter_map(|i| sessions::connection_write(s, i)));
+            writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(s)));
+        }
+        let mut connections: HashMap<String, Vec<(String, Connection)>> = HashMap::new();
+        for (key, c) in load::<Connection>(&*store, Table::Connections)? {
+            let Some((session_id, _)) = key.split_once('/') else {
+                anyhow::bail!("stored connection {key} has no session id in its key");
+            };
+            connections
+                .entry(session_id.to_owned())
+                .or_default()
+                .push((key, c));
+        }
+        for (id, s) in &mut stored {
+            if let Some(mut cs) = connections.remove(id.as_str()) {
+                // Keys carry the zero-padded index: sorting them restores the opening order.
+                cs.sort_by(|a, b| a.0.cmp(&b.0));
+                s.connections.extend(cs.into_iter().map(|(_, c)| c));
+            }
+        }
+        for (id, mut s) in stored {
             if orphaned_by_restart
                 && matches!(s.status(), SessionStatus::Active | SessionStatus::Canceling)
             {
-                for c in s.connections.iter_mut().filter(|c| c.status != "closed") {
-                    c.status = "closed".into();
-                    c.closed_time = Some(now);
-                    c.closed_reason = Some(ConnectionClosedReason::SystemError);
-                }
-                sessions::terminate(&mut s, TerminationReason::SystemError, now);
-                writes.push(Write::Put(Table::Sessions, id.clone(), enc(&s)));
+                sessions::end_orphaned(&mut s, TerminationReason::SystemError, now, &mut writes);
             }
             state.sessions.insert(id, s);
         }
@@ -876,11 +895,14 @@ impl Controller {
                 );
                 return Ok(());
             };
-            let changed = match event {
-                WorkerEvent::SessionActivated { at_ms, .. } => {
-                    s.status() == SessionStatus::Pending
-                        && sessions::transition(s, SessionStatus::Active, None, ms(at_ms)).is_ok()
-                }
+            // Only what changed is written: a connection's event writes that connection's
+            // record, not the session with every connection it ever had.
+            let session_write = |s: &Session| Write::Put(Table::Sessions, s.id.clone(), enc(s));
+            let write = match event {
+                WorkerEvent::SessionActivated { at_ms, .. } => (s.status()
+                    == SessionStatus::Pending
+                    && sessions::transition(s, SessionStatus::Active, None, ms(at_ms)).is_ok())
+                .then(|| session_write(s)),
                 WorkerEvent::ConnectionOpened {
                     connection_id,
                     client_addr,
@@ -892,7 +914,7 @@ impl Controller {
                         .iter()
                         .any(|c| c.connection_id == connection_id)
                     {
-                        false
+                        None
                     } else {
                         s.connections.push(Connection {
                             connection_id,
@@ -905,7 +927,7 @@ impl Controller {
                             closed_time: None,
                             closed_reason: None,
                         });
-                        true
+                        sessions::connection_write(s, s.connections.len() - 1)
                     }
                 }
                 WorkerEvent::ConnectionClosed {
@@ -915,30 +937,32 @@ impl Controller {
                     reason,
                     at_ms,
                     ..
-                } => match s
-                    .connections
-                    .iter_mut()
-                    .find(|c| c.connection_id == connection_id)
-                {
-                    Some(c) if c.status != "closed" => {
-                        c.status = "closed".into();
-                        c.bytes_up = bytes_up;
-                        c.bytes_down = bytes_down;
-                        c.closed_reason = Some(reason);
-                        c.closed_time = Some(ms(at_ms));
-                        true
+                } => {
+                    // Newest first: a connection usually closes soon after it opened.
+                    let i = s
+                        .connections
+                        .iter()
+                        .rposition(|c| c.connection_id == connection_id);
+                    match i.map(|i| (i, &mut s.connections[i])) {
+                        Some((i, c)) if c.status != "closed" => {
+                            c.status = "closed".into();
+                            c.bytes_up = bytes_up;
+                            c.bytes_down = bytes_down;
+                            c.closed_reason = Some(reason);
+                            c.closed_time = Some(ms(at_ms));
+                            sessions::connection_write(s, i)
+                        }
+                        _ => None,
                     }
-                    _ => false,
-                },
+                }
                 WorkerEvent::SessionClosed { reason, at_ms, .. } => {
-                    sessions::terminate(s, reason, ms(at_ms))
+                    sessions::terminate(s, reason, ms(at_ms)).then(|| session_write(s))
                 }
             };
-            if !changed {
-                return Ok(());
+            match write {
+                Some(w) => self.persist(vec![w]),
+                None => return Ok(()),
             }
-            let s = s.clone();
-            self.persist(vec![Write::Put(Table::Sessions, s.id.clone(), enc(&s))])
         };
         done.await
     }
@@ -1163,6 +1187,7 @@ fn seed_dev(state: &mut State, seed: &DevSeed, now: Timestamp) -> Vec<Write> {
 mod tests {
     use super::*;
     use sluice_proto::cluster::WorkerEvent;
+    use sluice_proto::ConnectionClosedReason;
 
     struct NoLink;
     impl WorkerLink for NoLink {
@@ -1274,5 +1299,115 @@ mod tests {
         before.states.remove(0);
         before.termination_reason = None;
         check(&before);
+    }
+
+    fn stored(path: &std::path::Path, table: Table) -> Vec<(String, serde_json::Value)> {
+        let store = crate::RedbStore::open(path).unwrap();
+        let out = load::<serde_json::Value>(&store, table).unwrap();
+        drop(store);
+        out
+    }
+
+    /// A connection's event writes that connection's record alone; a session's connections
+    /// come back in the order they opened, and records of the earlier layout (connections
+    /// inside the session's record) are moved on load without losing any.
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_are_stored_on_their_own_and_old_records_are_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let c = open(&path);
+        let auth = c
+            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
+            .await
+            .unwrap();
+        let p = c.principal(Some(&auth.bearer)).unwrap();
+        let sid = c
+            .authorize_session(&p, dev_ids::TARGET, None)
+            .await
+            .unwrap()
+            .session
+            .id;
+        // Twelve, so that index 10 and 11 must sort after 9; opened within one millisecond,
+        // so their times cannot order them.
+        let ids: Vec<String> = (0..12).map(|i| format!("c{}", 12 - i)).collect();
+        for id in &ids {
+            c.apply_event(WorkerEvent::ConnectionOpened {
+                session_id: sid.clone(),
+                connection_id: id.clone(),
+                client_addr: "127.0.0.1:5000".into(),
+                endpoint_addr: "127.0.0.1:22".into(),
+                at_ms: 5_000,
+            })
+            .await
+            .unwrap();
+        }
+        c.apply_event(WorkerEvent::ConnectionClosed {
+            session_id: sid.clone(),
+            connection_id: ids[3].clone(),
+            bytes_up: 7,
+            bytes_down: 9,
+            reason: ConnectionClosedReason::ClosedByEndUser,
+            at_ms: 5_001,
+        })
+        .await
+        .unwrap();
+        let served = c.read_session(&p, &sid).unwrap();
+        drop(c);
+
+        let sessions = stored(&path, Table::Sessions);
+        let (_, record) = sessions.iter().find(|(k, _)| *k == sid).unwrap();
+        assert!(
+            record.get("connections").is_none(),
+            "the session's record carries its connections: {record}"
+        );
+        let conns = stored(&path, Table::Connections);
+        assert_eq!(conns.len(), 12, "one record per connection");
+
+        let again = open(&path);
+        let back = again.read_session(&p, &sid).unwrap();
+        assert_eq!(back, served, "what is stored is what was served");
+        let order: Vec<&str> = back
+            .connections
+            .iter()
+            .map(|c| c.connection_id.as_str())
+            .collect();
+        assert_eq!(order, ids, "connections come back in the order they opened");
+        assert_eq!(back.connections[3].bytes_down, 9);
+        drop(again);
+
+        // The earlier layout: the connections inside the session's record, none on their own.
+        let mut old = record.clone();
+        old["connections"] = serde_json::to_value(&served.connections).unwrap();
+        {
+            let store = crate::RedbStore::open(&path).unwrap();
+            let mut writes = vec![Write::Put(
+                Table::Sessions,
+                sid.clone(),
+                serde_json::to_vec(&old).unwrap(),
+            )];
+            writes.extend(
+                conns
+                    .iter()
+                    .map(|(k, _)| Write::Delete(Table::Connections, k.clone())),
+            );
+            let (tx, rx) = std::sync::mpsc::channel();
+            store.commit(writes, Box::new(move |r| drop(tx.send(r))));
+            rx.recv().unwrap().unwrap();
+        }
+        assert!(stored(&path, Table::Connections).is_empty());
+        let migrated = open(&path);
+        assert_eq!(migrated.read_session(&p, &sid).unwrap(), served);
+        drop(migrated);
+        assert_eq!(
+            stored(&path, Table::Connections).len(),
+            12,
+            "moved to their table"
+        );
+        let sessions = stored(&path, Table::Sessions);
+        let (_, record) = sessions.iter().find(|(k, _)| *k == sid).unwrap();
+        assert!(record.get("connections").is_none(), "{record}");
+        // Moved once: a second start reads the same and writes nothing twice.
+        let twice = open(&path);
+        assert_eq!(twice.read_session(&p, &sid).unwrap(), served);
     }
 }

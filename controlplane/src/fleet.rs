@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use sluice_proto::cluster::{ActivationToken, ToWorker};
-use sluice_proto::{ConnectionClosedReason, TerminationReason};
+use sluice_proto::TerminationReason;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
@@ -330,9 +330,7 @@ impl Controller {
             }
             let mut writes = vec![Write::Delete(Table::Resources, id.to_owned())];
             for s in st.sessions.values_mut().filter(|s| s.worker_id == id) {
-                if end_orphaned(s, TerminationReason::Canceled, now) {
-                    writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
-                }
+                sessions::end_orphaned(s, TerminationReason::Canceled, now, &mut writes);
             }
             self.persist(writes)
         };
@@ -436,8 +434,8 @@ impl Controller {
                 .filter(|s| s.worker_id == worker_id)
             {
                 // The sessions of a previous run of the worker died with it.
-                if restarted && end_orphaned(s, TerminationReason::SystemError, now) {
-                    writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
+                if restarted {
+                    sessions::end_orphaned(s, TerminationReason::SystemError, now, &mut writes);
                 }
                 if matches!(
                     s.status(),
@@ -530,29 +528,11 @@ impl Controller {
         for s in st.sessions.values_mut() {
             if matches!(s.status(), SessionStatus::Active | SessionStatus::Canceling)
                 && dead(&s.worker_id)
-                && end_orphaned(s, TerminationReason::SystemError, now)
+                && sessions::end_orphaned(s, TerminationReason::SystemError, now, &mut writes)
             {
                 warn!(session_id = %s.id, worker_id = %s.worker_id, "worker gone; session terminated");
-                writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
             }
         }
         writes
     }
-}
-
-/// Terminates a live session whose worker cannot report any more, closing its open
-/// connections with `system error` (or the given reason). False if it had already ended.
-fn end_orphaned(s: &mut crate::model::Session, reason: TerminationReason, now: Timestamp) -> bool {
-    if s.status() == SessionStatus::Terminated {
-        return false;
-    }
-    for c in s.connections.iter_mut().filter(|c| c.status != "closed") {
-        c.status = "closed".into();
-        c.closed_time = Some(now);
-        c.closed_reason = Some(match reason {
-            TerminationReason::Canceled => ConnectionClosedReason::Canceled,
-            _ => ConnectionClosedReason::SystemError,
-        });
-    }
-    sessions::terminate(s, reason, now)
 }

@@ -233,7 +233,9 @@ pub struct Session {
     pub states: Vec<SessionState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_reason: Option<TerminationReason>,
-    #[serde(default)]
+    /// Kept in their own table (`store::Table::Connections`), not in the session's record;
+    /// records written before 2026-11-29 carry them here and are moved on load.
+    #[serde(default, skip_serializing)]
     pub connections: Vec<Connection>,
 }
 

@@ -5,10 +5,12 @@
 //! the previous history row and opens a new one; terminated records its reason.
 
 use jiff::Timestamp;
-use sluice_proto::TerminationReason;
+use sluice_proto::{ConnectionClosedReason, TerminationReason};
 use thiserror::Error;
 
+use crate::controller::enc;
 use crate::model::{Session, SessionState, SessionStatus};
+use crate::store::{Table, Write};
 
 /// A move the state machine does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -86,6 +88,52 @@ pub fn terminate(session: &mut Session, reason: TerminationReason, now: Timestam
         _ => reason,
     };
     transition(session, SessionStatus::Terminated, Some(reason), now).is_ok()
+}
+
+/// Where connection `index` of session `session_id` is stored: the index zero-padded, so a
+/// session's connections load in the order they opened.
+pub(crate) fn connection_key(session_id: &str, index: usize) -> String {
+    format!("{session_id}/{index:010}")
+}
+
+/// The write that stores connection `index` of `s` (nothing if there is none).
+pub(crate) fn connection_write(s: &Session, index: usize) -> Option<Write> {
+    let c = s.connections.get(index)?;
+    Some(Write::Put(
+        Table::Connections,
+        connection_key(&s.id, index),
+        enc(c),
+    ))
+}
+
+/// Terminates a live session whose worker cannot report any more, closing its open
+/// connections with `system error` (`canceled` if that is the reason), and adds the writes
+/// that store what changed. False if it had already ended.
+pub(crate) fn end_orphaned(
+    s: &mut Session,
+    reason: TerminationReason,
+    now: Timestamp,
+    writes: &mut Vec<Write>,
+) -> bool {
+    if s.status() == SessionStatus::Terminated {
+        return false;
+    }
+    let mut closed = Vec::new();
+    for (i, c) in s.connections.iter_mut().enumerate() {
+        if c.status != "closed" {
+            c.status = "closed".into();
+            c.closed_time = Some(now);
+            c.closed_reason = Some(match reason {
+                TerminationReason::Canceled => ConnectionClosedReason::Canceled,
+                _ => ConnectionClosedReason::SystemError,
+            });
+            closed.push(i);
+        }
+    }
+    writes.extend(closed.into_iter().filter_map(|i| connection_write(s, i)));
+    let ended = terminate(s, reason, now);
+    writes.push(Write::Put(Table::Sessions, s.id.clone(), enc(&*s)));
+    ended
 }
 
 #[cfg(test)]

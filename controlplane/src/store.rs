@@ -16,8 +16,12 @@ use thiserror::Error;
 /// The tables the controller keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
-    /// Sessions by id.
+    /// Sessions by id, without their connections.
     Sessions,
+    /// A session's connections, each by `session id/index` (index zero-padded, so a session's
+    /// connections load in the order they opened). A connection's event writes only its own
+    /// record, not the session with every connection it ever had.
+    Connections,
     /// Auth tokens by id.
     AuthTokens,
     /// Configuration resources (scopes, users, accounts, hosts, targets…) by id.
@@ -27,8 +31,9 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 4] = [
+    const ALL: [Table; 5] = [
         Table::Sessions,
+        Table::Connections,
         Table::AuthTokens,
         Table::Resources,
         Table::Meta,
@@ -37,6 +42,7 @@ impl Table {
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(match self {
             Table::Sessions => "sessions",
+            Table::Connections => "connections",
             Table::AuthTokens => "auth_tokens",
             Table::Resources => "resources",
             Table::Meta => "meta",

@@ -268,8 +268,9 @@ impl Bench {
         r.session_id = conn.session_id.clone();
         if !r.failures.is_empty() {
             println!(
-                "{transport}: {} streams failed; connect's log ends:\n{}\nthe worker's log ends:\n{}",
+                "{transport}: {} streams failed; the session as the controller has it: {}\nconnect's log ends:\n{}\nthe worker's log ends:\n{}",
                 r.failures.len(),
+                self.session_summary(&conn.session_id),
                 log_tail(&conn.proc),
                 log_tail(&self.worker.proc)
             );
@@ -278,6 +279,35 @@ impl Bench {
             .ok(&["sessions", "cancel", "-id", &conn.session_id]);
         conn.proc.wait(Duration::from_secs(20));
         (r, took)
+    }
+
+    /// A session's status and how many of its connections are in each state, with each
+    /// closed one's reason and bytes (who ended a connection early shows here).
+    fn session_summary(&self, id: &str) -> String {
+        let out = self
+            .dev
+            .ok(&["sessions", "read", "-id", id, "-format", "json"]);
+        let v: serde_json::Value = match serde_json::from_str(&out) {
+            Ok(v) => v,
+            Err(e) => return format!("unreadable ({e}): {out}"),
+        };
+        let item = &v["item"];
+        let mut tally = std::collections::BTreeMap::<String, usize>::new();
+        for c in item["connections"].as_array().into_iter().flatten() {
+            let short = c["bytes_down"].as_u64() != c["bytes_up"].as_u64();
+            *tally
+                .entry(format!(
+                    "{} {}{}",
+                    c["status"].as_str().unwrap_or("?"),
+                    c["closed_reason"].as_str().unwrap_or("-"),
+                    if short { " (bytes up != down)" } else { "" }
+                ))
+                .or_default() += 1;
+        }
+        format!(
+            "status {}, termination {}, connections {tally:?}",
+            item["status"], item["termination_reason"]
+        )
     }
 
     /// Waits up to 30 s for the worker's memory to come back under `limit_kib`; returns it.

@@ -204,11 +204,10 @@ async fn link<S: AsyncRead + AsyncWrite + Unpin>(
             }
             match m {
                 ToController::Events { batch, events } => {
-                    for e in events {
-                        if let Err(e) = controller.apply_event(e).await {
-                            // Not acknowledged: the worker sends the batch again.
-                            return format!("could not record events: {e}");
-                        }
+                    // One durable commit for the batch; not acknowledged if it fails, so the
+                    // worker sends the batch again.
+                    if let Err(e) = controller.apply_events(events).await {
+                        return format!("could not record events: {e}");
                     }
                     let _ = ack.send(ToWorker::Ack { batch });
                 }

@@ -886,83 +886,22 @@ impl Controller {
 
     /// Applies a worker's event. Idempotent.
     pub async fn apply_event(&self, event: WorkerEvent) -> Result<(), ApiError> {
+        self.apply_events(vec![event]).await
+    }
+
+    /// Applies a batch of a worker's events in order and stores what they changed in one
+    /// durable commit, so a batch costs one fsync, not one per event. Idempotent.
+    pub async fn apply_events(&self, events: Vec<WorkerEvent>) -> Result<(), ApiError> {
         let done = {
             let mut st = self.state();
-            let Some(s) = st.sessions.get_mut(event.session_id()) else {
-                warn!(
-                    session_id = event.session_id(),
-                    "event for an unknown session"
-                );
+            let writes: Vec<Write> = events
+                .into_iter()
+                .filter_map(|e| event_write(&mut st, e))
+                .collect();
+            if writes.is_empty() {
                 return Ok(());
-            };
-            // Only what changed is written: a connection's event writes that connection's
-            // record, not the session with every connection it ever had.
-            let session_write = |s: &Session| Write::Put(Table::Sessions, s.id.clone(), enc(s));
-            let write = match event {
-                WorkerEvent::SessionActivated { at_ms, .. } => (s.status()
-                    == SessionStatus::Pending
-                    && sessions::transition(s, SessionStatus::Active, None, ms(at_ms)).is_ok())
-                .then(|| session_write(s)),
-                WorkerEvent::ConnectionOpened {
-                    connection_id,
-                    client_addr,
-                    endpoint_addr,
-                    at_ms,
-                    ..
-                } => {
-                    if s.connections
-                        .iter()
-                        .any(|c| c.connection_id == connection_id)
-                    {
-                        None
-                    } else {
-                        s.connections.push(Connection {
-                            connection_id,
-                            client_tcp_address: client_addr,
-                            endpoint_tcp_address: endpoint_addr,
-                            bytes_up: 0,
-                            bytes_down: 0,
-                            status: "connected".into(),
-                            created_time: ms(at_ms),
-                            closed_time: None,
-                            closed_reason: None,
-                        });
-                        sessions::connection_write(s, s.connections.len() - 1)
-                    }
-                }
-                WorkerEvent::ConnectionClosed {
-                    connection_id,
-                    bytes_up,
-                    bytes_down,
-                    reason,
-                    at_ms,
-                    ..
-                } => {
-                    // Newest first: a connection usually closes soon after it opened.
-                    let i = s
-                        .connections
-                        .iter()
-                        .rposition(|c| c.connection_id == connection_id);
-                    match i.map(|i| (i, &mut s.connections[i])) {
-                        Some((i, c)) if c.status != "closed" => {
-                            c.status = "closed".into();
-                            c.bytes_up = bytes_up;
-                            c.bytes_down = bytes_down;
-                            c.closed_reason = Some(reason);
-                            c.closed_time = Some(ms(at_ms));
-                            sessions::connection_write(s, i)
-                        }
-                        _ => None,
-                    }
-                }
-                WorkerEvent::SessionClosed { reason, at_ms, .. } => {
-                    sessions::terminate(s, reason, ms(at_ms)).then(|| session_write(s))
-                }
-            };
-            match write {
-                Some(w) => self.persist(vec![w]),
-                None => return Ok(()),
             }
+            self.persist(writes)
         };
         done.await
     }
@@ -1005,6 +944,80 @@ impl Controller {
         };
         done.1.await?;
         Ok(done.0)
+    }
+}
+
+/// Applies one worker event to the state; the write that stores what it changed, if anything.
+fn event_write(st: &mut State, event: WorkerEvent) -> Option<Write> {
+    let Some(s) = st.sessions.get_mut(event.session_id()) else {
+        warn!(
+            session_id = event.session_id(),
+            "event for an unknown session"
+        );
+        return None;
+    };
+    // Only what changed is written: a connection's event writes that connection's record,
+    // not the session with every connection it ever had.
+    let session_write = |s: &Session| Write::Put(Table::Sessions, s.id.clone(), enc(s));
+    match event {
+        WorkerEvent::SessionActivated { at_ms, .. } => (s.status() == SessionStatus::Pending
+            && sessions::transition(s, SessionStatus::Active, None, ms(at_ms)).is_ok())
+        .then(|| session_write(s)),
+        WorkerEvent::ConnectionOpened {
+            connection_id,
+            client_addr,
+            endpoint_addr,
+            at_ms,
+            ..
+        } => {
+            if s.connections
+                .iter()
+                .any(|c| c.connection_id == connection_id)
+            {
+                None
+            } else {
+                s.connections.push(Connection {
+                    connection_id,
+                    client_tcp_address: client_addr,
+                    endpoint_tcp_address: endpoint_addr,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    status: "connected".into(),
+                    created_time: ms(at_ms),
+                    closed_time: None,
+                    closed_reason: None,
+                });
+                sessions::connection_write(s, s.connections.len() - 1)
+            }
+        }
+        WorkerEvent::ConnectionClosed {
+            connection_id,
+            bytes_up,
+            bytes_down,
+            reason,
+            at_ms,
+            ..
+        } => {
+            // Newest first: a connection usually closes soon after it opened.
+            let i = s
+                .connections
+                .iter()
+                .rposition(|c| c.connection_id == connection_id);
+            match i.map(|i| (i, &mut s.connections[i])) {
+                Some((i, c)) if c.status != "closed" => {
+                    c.status = "closed".into();
+                    c.bytes_up = bytes_up;
+                    c.bytes_down = bytes_down;
+                    c.closed_reason = Some(reason);
+                    c.closed_time = Some(ms(at_ms));
+                    sessions::connection_write(s, i)
+                }
+                _ => None,
+            }
+        }
+        WorkerEvent::SessionClosed { reason, at_ms, .. } => {
+            sessions::terminate(s, reason, ms(at_ms)).then(|| session_write(s))
+        }
     }
 }
 
@@ -1250,7 +1263,9 @@ mod tests {
             },
         ];
         let second = [opened("c2", 1_003)];
-        // The first batch, then both again after a "reconnect", then the first once more.
+        // The first batch in one commit (c1 opened and closed in it), then its events again
+        // one by one after a "reconnect", then both, then the first once more.
+        c.apply_events(first.to_vec()).await.unwrap();
         for e in first
             .iter()
             .chain(first.iter())

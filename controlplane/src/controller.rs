@@ -1222,6 +1222,23 @@ mod tests {
         c
     }
 
+    /// A controller on `path`, the dev admin's principal, and a new session of the dev target.
+    async fn with_session(path: &std::path::Path) -> (Arc<Controller>, Principal, String) {
+        let c = open(path);
+        let auth = c
+            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
+            .await
+            .unwrap();
+        let p = c.principal(Some(&auth.bearer)).unwrap();
+        let sid = c
+            .authorize_session(&p, dev_ids::TARGET, None)
+            .await
+            .unwrap()
+            .session
+            .id;
+        (c, p, sid)
+    }
+
     /// A worker replays every batch the controller did not acknowledge, so the same events
     /// can arrive twice and out of order: the stored session must come out as if each had
     /// arrived once.
@@ -1229,17 +1246,7 @@ mod tests {
     async fn replayed_event_batches_change_nothing_the_second_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let c = open(&path);
-        let auth = c
-            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
-            .await
-            .unwrap();
-        let p = c.principal(Some(&auth.bearer)).unwrap();
-        let a = c
-            .authorize_session(&p, dev_ids::TARGET, None)
-            .await
-            .unwrap();
-        let sid = a.session.id.clone();
+        let (c, p, sid) = with_session(&path).await;
         let opened = |conn: &str, at_ms| WorkerEvent::ConnectionOpened {
             session_id: sid.clone(),
             connection_id: conn.into(),
@@ -1330,18 +1337,7 @@ mod tests {
     async fn connections_are_stored_on_their_own_and_old_records_are_moved() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let c = open(&path);
-        let auth = c
-            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
-            .await
-            .unwrap();
-        let p = c.principal(Some(&auth.bearer)).unwrap();
-        let sid = c
-            .authorize_session(&p, dev_ids::TARGET, None)
-            .await
-            .unwrap()
-            .session
-            .id;
+        let (c, p, sid) = with_session(&path).await;
         // Twelve, so that index 10 and 11 must sort after 9; opened within one millisecond,
         // so their times cannot order them.
         let ids: Vec<String> = (0..12).map(|i| format!("c{}", 12 - i)).collect();

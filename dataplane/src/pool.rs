@@ -168,7 +168,7 @@ impl StuckWrite {
     /// The budget had no room for a read ahead: time the wait afresh, and ask again once it
     /// has lasted [`READ_AHEAD_AFTER`] more.
     pub(crate) fn restart(&mut self) {
-        self.waiting = false;
+        self.moved();
     }
 
     /// The write is waiting: starts timing if this wait is new; ready once it has lasted
@@ -388,14 +388,7 @@ mod tests {
         let _budget = BUDGET_TEST_LOCK.lock().await;
         const PIPE: usize = 64 * 1024;
         let data: Arc<Vec<u8>> = Arc::new((0..3_000_000u32).map(|i| (i % 253) as u8).collect());
-        let (src_w, mut src_r) = tokio::io::duplex(PIPE);
-        let (mut dst_w, mut dst_r) = tokio::io::duplex(PIPE);
-        let taken = Arc::new(AtomicU64::new(0));
-        tokio::spawn(feed(src_w, data.clone(), taken.clone()));
-        let copy = tokio::spawn(async move {
-            let count = AtomicU64::new(0);
-            copy_pooled(&mut src_r, &mut dst_w, &count).await.unwrap();
-        });
+        let (taken, mut dst_r, copy) = stuck_copy(data.clone(), PIPE);
         // Nobody reads the destination. Before the write has waited READ_AHEAD_AFTER, the copy
         // holds at most one buffer: the source took its pipe, the destination's and one read.
         tokio::time::sleep(READ_AHEAD_AFTER / 2).await;

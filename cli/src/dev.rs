@@ -18,6 +18,8 @@ use crate::args::DevArgs;
 use crate::output::block;
 
 const DEV_WORKER_ID: &str = "w_1234567890";
+/// Worker events applied in one commit at most (the networked link's batch limit).
+const MAX_EVENT_BATCH: usize = 2_000;
 
 struct DevLink(WorkerHandle);
 
@@ -146,7 +148,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
 
     let events_controller = controller.clone();
     let (stop_events, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Events are applied in batches, one durable commit each, as the networked cluster link
+    // does: whatever the worker has reported by the time the last commit is done goes into the
+    // next. Applied one by one, each awaited its own commit: two per proxied connection.
     let events = tokio::spawn(async move {
+        let mut batch = Vec::new();
         loop {
             let ev = tokio::select! {
                 biased;
@@ -154,17 +160,21 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
                 _ = &mut stop_rx => {
                     // The worker has stopped: everything it will report is queued.
                     while let Ok(ev) = events_rx.try_recv() {
-                        if let Err(e) = events_controller.apply_event(ev).await {
-                            tracing::error!(error = %e, "could not record a worker event");
-                        }
+                        batch.push(ev);
                     }
+                    apply_worker_events(&events_controller, std::mem::take(&mut batch)).await;
                     return;
                 }
             };
             let Some(ev) = ev else { return };
-            if let Err(e) = events_controller.apply_event(ev).await {
-                tracing::error!(error = %e, "could not record a worker event");
+            batch.push(ev);
+            while batch.len() < MAX_EVENT_BATCH {
+                match events_rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
             }
+            apply_worker_events(&events_controller, std::mem::take(&mut batch)).await;
         }
     });
     let sweeper = spawn_sweeper(controller.clone());
@@ -260,6 +270,18 @@ pub(crate) fn spawn_sweeper(controller: Arc<Controller>) -> tokio::task::JoinHan
             }
         }
     })
+}
+
+async fn apply_worker_events(
+    controller: &Controller,
+    events: Vec<sluice_proto::cluster::WorkerEvent>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = controller.apply_events(events).await {
+        tracing::error!(error = %e, "could not record a batch of worker events");
+    }
 }
 
 fn rustls_der(der: &[u8]) -> tls::CertificateDer<'static> {

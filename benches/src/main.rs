@@ -233,6 +233,28 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         pids: vec![dev.proc.pid()],
         peer: false,
     });
+    // The same hop on a second `sluice dev` whose worker runs the io_uring driver: the
+    // measurement that picks `-io-driver`'s default.
+    let uring_name = "sluice worker hop, tcp, io_uring";
+    let uring_dev = if o.wants(uring_name) {
+        Some(sluice::Dev::start_with(
+            &bin,
+            target,
+            &["-io-driver", "uring"],
+        )?)
+    } else {
+        None
+    };
+    if let Some(ud) = &uring_dev {
+        let token = ud.token()?;
+        let worker = ud.worker.clone();
+        paths.push(Path {
+            name: uring_name.into(),
+            dial: Box::new(move || sluice::worker_hop(&worker, &token, nonce)),
+            pids: vec![ud.proc.pid()],
+            peer: false,
+        });
+    }
     for (t, p, port, _) in &connects {
         paths.push(Path {
             name: format!("sluice full path, {t}"),

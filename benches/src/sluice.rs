@@ -21,6 +21,11 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(bin: &Path, target_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(bin, target_port, &[])
+    }
+
+    /// [`Dev::start`] with more flags for `sluice dev` (`-io-driver uring`).
+    pub fn start_with(bin: &Path, target_port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let home = tempfile::tempdir()?;
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -37,6 +42,7 @@ impl Dev {
             &target_port.to_string(),
             "-worker-allow-plaintext",
         ])
+        .args(extra)
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path())
         .env("SLUICE_LOG", "warn");

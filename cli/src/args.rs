@@ -171,6 +171,10 @@ pub struct DevArgs {
     /// Let clients use the plaintext `tcp` transport (trusted networks and measurements only)
     #[arg(long)]
     pub worker_allow_plaintext: bool,
+    /// How the worker's threads wait for I/O: epoll, or uring (io_uring for plaintext relays;
+    /// falls back to epoll where io_uring is unavailable)
+    #[arg(long, default_value = "epoll")]
+    pub io_driver: sluice_dataplane::IoDriver,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +222,9 @@ pub struct WorkerArgs {
     /// Adds a tag, KEY=VALUE (repeat for more)
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Overrides `io_driver` (epoll or uring)
+    #[arg(long)]
+    pub io_driver: Option<sluice_dataplane::IoDriver>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@
 //! allow_plaintext = false                    # accept the plaintext tcp transport
 //! tcp_buffer_bytes = 0                       # fixed TCP socket buffers; 0: kernel autotuning
 //! read_ahead_budget_bytes = 67108864         # bytes read ahead of stuck writes, all relays
+//! io_driver = "epoll"                        # or "uring": io_uring for plaintext relays
 //!
 //! [worker.tags]
 //! env = ["prod"]
@@ -55,6 +56,7 @@ struct WorkerSection {
     allow_plaintext: bool,
     tcp_buffer_bytes: usize,
     read_ahead_budget_bytes: usize,
+    io_driver: String,
     tags: BTreeMap<String, Vec<String>>,
 }
 
@@ -71,6 +73,7 @@ impl Default for WorkerSection {
             allow_plaintext: false,
             tcp_buffer_bytes: 0,
             read_ahead_budget_bytes: sluice_dataplane::DEFAULT_READ_AHEAD_BUDGET,
+            io_driver: "epoll".into(),
             tags: BTreeMap::new(),
         }
     }
@@ -179,6 +182,13 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         let (k, v) = parse_tag(t)?;
         w.tags.entry(k).or_default().push(v);
     }
+    let io_driver: sluice_dataplane::IoDriver = match a.io_driver {
+        Some(d) => d,
+        None => w
+            .io_driver
+            .parse()
+            .map_err(|e| anyhow::anyhow!("worker.io_driver in the configuration: {e}"))?,
+    };
     let listen = a.proxy_addr.unwrap_or(cfg.listener.address);
     let listen: SocketAddr = listen
         .parse()
@@ -227,6 +237,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     config.allow_plaintext = w.allow_plaintext;
     config.tcp_buffer = (w.tcp_buffer_bytes > 0).then_some(w.tcp_buffer_bytes);
     config.read_ahead_budget = w.read_ahead_budget_bytes;
+    config.io_driver = io_driver;
     // The keys the controller sent last (kept on disk), until its welcome brings the current
     // set: a worker restarted while the controller is away still admits tokens.
     let kept = load_keys(&w.auth_storage_path);

@@ -21,10 +21,12 @@ mod splice;
 mod stream_transport;
 pub mod tls;
 mod trim;
+mod uring;
 
 pub use pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};
+pub use uring::IoDriver;
 
 /// QUIC application close code a client sends when its user ends the session.
 pub const CLOSE_CLIENT_DONE: u32 = 0x01;

@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     /// Bytes the relays may hold, together, read ahead of writes that have waited over a
     /// second (0: never read ahead). The limit is process-wide.
     pub read_ahead_budget: usize,
+    /// How worker threads wait for I/O (`-io-driver`); `Uring` falls back to `Epoll` where
+    /// io_uring is unavailable.
+    pub io_driver: crate::IoDriver,
 }
 
 /// Counts the handshakes in progress on one thread.
@@ -101,6 +104,7 @@ impl WorkerConfig {
             max_handshakes: 1024,
             tcp_buffer: None,
             read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
+            io_driver: crate::IoDriver::Epoll,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Worker {
         let registry = Arc::new(registry);
         let (stop, _) = watch::channel(false);
         let config = Arc::new(config);
+        let io_driver = crate::uring::effective(config.io_driver);
         let mut handles = Vec::new();
         for (i, (socket, listener)) in sockets.into_iter().enumerate() {
             let registry = registry.clone();
@@ -163,18 +168,9 @@ impl Worker {
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
                     crate::registry::mark_worker_thread();
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            warn!(error = %e, "worker thread could not start its runtime");
-                            return;
-                        }
-                    };
                     let span = info_span!("worker", thread = i);
-                    rt.block_on(
+                    crate::uring::block_on(
+                        io_driver,
                         serve(
                             registry,
                             config,
@@ -191,7 +187,7 @@ impl Worker {
         }
         let trim_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let trimmer = crate::trim::spawn(registry.closed.clone(), trim_stop.clone())?;
-        info!(addr = %local_addr, threads, "worker listening");
+        info!(addr = %local_addr, threads, %io_driver, "worker listening");
         Ok(Self {
             registry,
             local_addr,
@@ -309,7 +305,9 @@ async fn serve(
                 let registry = registry.clone();
                 let config = config.clone();
                 let acceptor = acceptor.clone();
-                tokio::spawn(
+                // Local: on the uring driver a plaintext relay holds io_uring sockets, which
+                // belong to this thread.
+                tokio::task::spawn_local(
                     crate::stream_transport::handle(registry, config, acceptor, tcp, slot)
                         .instrument(info_span!("client", %remote, transport = "tcp")),
                 );

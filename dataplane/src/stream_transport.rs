@@ -305,6 +305,9 @@ async fn data_connection(
             up.fetch_add(early.len() as u64, Ordering::Relaxed);
         }
         match conn {
+            Conn::Plain(client) if crate::uring::on_this_thread() => {
+                crate::uring::relay(client, target, &up, &down).await
+            }
             Conn::Plain(client) => crate::splice::relay(&client, &target, &up, &down).await,
             Conn::Tls(client) => copy_counted(*client, target, &up, &down).await,
         }

@@ -84,3 +84,49 @@ fn cancel_and_limits_work_the_same_over_tls() {
         Some("canceled")
     );
 }
+
+#[test]
+fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext", "-io-driver", "uring"]);
+    for transport in ["tcp", "tls", "quic"] {
+        let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
+    }
+    // Several reads' worth, so the relay's buffers grow, arrives whole over the plaintext
+    // relay, the one io_uring carries.
+    let out = ssh_through(&dev, &sshd, "tcp", "head -c 6000000 /dev/zero | tr '\\0' x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 6_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+
+    let mut conn = Connect::start(
+        &dev,
+        &[
+            "connect",
+            "-transport",
+            "tcp",
+            "-target-id",
+            "ttcp_1234567890",
+        ],
+    );
+    let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
+    wait_for("ssh over tcp", Duration::from_secs(20), || {
+        live.stdout().contains("started").then_some(())
+    });
+    dev.ok(&["sessions", "cancel", "-id", &conn.session_id]);
+    // The live connection's io_uring reads are in flight when the cancel comes.
+    assert!(!live.wait(Duration::from_secs(10)).success());
+    conn.proc.wait(Duration::from_secs(10));
+    let read = dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(10));
+    assert_eq!(
+        Dev::field(&read, "Termination Reason").as_deref(),
+        Some("canceled")
+    );
+    assert!(
+        !dev.proc.stderr().contains("io_uring is not available"),
+        "the test ran on epoll: {}",
+        dev.proc.stderr()
+    );
+}

@@ -225,6 +225,9 @@ pub struct WorkerArgs {
     /// Overrides `io_driver` (epoll or uring)
     #[arg(long)]
     pub io_driver: Option<sluice_dataplane::IoDriver>,
+    /// Overrides `threads`: worker runtime threads (0: one per core)
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -175,6 +175,9 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = a.activation_token {
         w.controller_generated_activation_token = Some(t);
     }
+    if let Some(n) = a.workers {
+        w.threads = n;
+    }
     if a.public_addr.is_some() {
         w.public_addr = a.public_addr;
     }

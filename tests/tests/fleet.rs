@@ -522,3 +522,48 @@ fn a_cancel_made_while_the_worker_link_is_down_is_applied_when_it_returns() {
         Some("canceled")
     );
 }
+
+#[test]
+fn a_worker_takes_its_io_driver_and_threads_from_its_configuration_and_refuses_a_bad_one() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let mut worker = WorkerProc::start_configured(
+        &setup.cluster_addr(),
+        Some(&token),
+        &[],
+        "[worker]\nio_driver = \"uring\"\nthreads = 1\nallow_plaintext = true\n",
+    );
+    assert!(
+        worker.proc.stderr().contains("threads=1 io_driver=uring"),
+        "{}",
+        worker.proc.stderr()
+    );
+    let mut conn = Connect::start(
+        &dev,
+        &["connect", "-transport", "tcp", "-target-id", TARGET],
+    );
+    let out = sshd.ssh(conn.port, "echo on-uring").output().unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "on-uring",
+        "{}",
+        text(&out.stderr)
+    );
+    conn.proc.stop();
+    worker.proc.stop();
+
+    // A driver the worker does not know stops it before it starts, naming the setting.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(&cfg, "[worker]\nio_driver = \"kqueue\"\n").unwrap();
+    let out = dev.sluice(&["worker", "-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("worker.io_driver in the configuration: unknown I/O driver \"kqueue\""),
+        "{}",
+        text(&out.stderr)
+    );
+}

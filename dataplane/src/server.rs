@@ -305,9 +305,7 @@ async fn serve(
                 let registry = registry.clone();
                 let config = config.clone();
                 let acceptor = acceptor.clone();
-                // Local: on the uring driver a plaintext relay holds io_uring sockets, which
-                // belong to this thread.
-                tokio::task::spawn_local(
+                tokio::spawn(
                     crate::stream_transport::handle(registry, config, acceptor, tcp, slot)
                         .instrument(info_span!("client", %remote, transport = "tcp")),
                 );

@@ -296,8 +296,8 @@ async fn data_connection(
         return session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
     }
     session.emit_opened(&ticket, client_addr, endpoint_addr);
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
     let relay = async {
         let mut target = target;
         if !early.is_empty() {
@@ -306,7 +306,7 @@ async fn data_connection(
         }
         match conn {
             Conn::Plain(client) if crate::uring::on_this_thread() => {
-                crate::uring::relay(client, target, &up, &down).await
+                crate::uring::relay_here(client, target, up.clone(), down.clone()).await
             }
             Conn::Plain(client) => crate::splice::relay(&client, &target, &up, &down).await,
             Conn::Tls(client) => copy_counted(*client, target, &up, &down).await,

@@ -10,12 +10,14 @@
 //! Where io_uring cannot be used (an old kernel, `kernel.io_uring_disabled`, a seccomp
 //! filter), `uring` falls back to `epoll` and says so in the log.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 /// How a worker thread waits for I/O.
@@ -55,13 +57,72 @@ impl std::fmt::Display for IoDriver {
 /// waiting on idle connections do not hold one.
 const ENTRIES: u32 = 256;
 
+/// A plaintext relay for the thread's io_uring: the two sockets, the byte counters, and where
+/// its result goes. Dropping the receiver of `done` (the connection's task ended, as on a
+/// cancel) drops the relay.
+struct Job {
+    a: tokio::net::TcpStream,
+    b: tokio::net::TcpStream,
+    a_to_b: Arc<AtomicU64>,
+    b_to_a: Arc<AtomicU64>,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
 thread_local! {
-    static ON_URING: Cell<bool> = const { Cell::new(false) };
+    /// Set on uring threads: where this thread's relays are handed to be run as local tasks
+    /// (io_uring sockets belong to their thread, and a connection's task must stay `Send`).
+    static JOBS: RefCell<Option<mpsc::UnboundedSender<Job>>> = const { RefCell::new(None) };
 }
 
 /// Whether the calling thread runs the uring driver.
 pub(crate) fn on_this_thread() -> bool {
-    ON_URING.with(Cell::get)
+    JOBS.with(|j| j.borrow().is_some())
+}
+
+/// Runs each relay handed over on this thread as a local task.
+async fn run_jobs(mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        tokio::task::spawn_local(async move {
+            let Job {
+                a,
+                b,
+                a_to_b,
+                b_to_a,
+                mut done,
+            } = job;
+            tokio::select! {
+                r = relay(a, b, &a_to_b, &b_to_a) => {
+                    let _ = done.send(r);
+                }
+                () = done.closed() => {}
+            }
+        });
+    }
+}
+
+/// Relays between `a` and `b` on this thread's io_uring (see [`relay`]); the future is `Send`.
+/// Must be called on a uring thread ([`on_this_thread`]).
+pub(crate) async fn relay_here(
+    a: tokio::net::TcpStream,
+    b: tokio::net::TcpStream,
+    a_to_b: Arc<AtomicU64>,
+    b_to_a: Arc<AtomicU64>,
+) -> io::Result<()> {
+    let (done, result) = oneshot::channel();
+    let job = Job {
+        a,
+        b,
+        a_to_b,
+        b_to_a,
+        done,
+    };
+    let sent = JOBS.with(|j| j.borrow().as_ref().map(|tx| tx.send(job).is_ok()));
+    if sent != Some(true) {
+        return Err(io::Error::other("this thread runs no io_uring relays"));
+    }
+    result
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the io_uring relay task ended")))
 }
 
 /// The driver a worker will really use: `uring` only where an io_uring instance can be made.
@@ -88,14 +149,20 @@ fn builder() -> tokio_uring::Builder {
     b
 }
 
-/// Runs `fut` to completion on this thread with `driver`, inside a `LocalSet`. Returns `None`
-/// if the thread's runtime could not start (logged).
+/// Runs `fut` to completion on this thread with `driver`. Returns `None` if the thread's
+/// runtime could not start (logged).
 pub(crate) fn block_on<F: std::future::Future>(driver: IoDriver, fut: F) -> Option<F::Output> {
     if driver == IoDriver::Uring {
         match tokio_uring::Runtime::new(&builder()) {
             Ok(rt) => {
-                ON_URING.with(|u| u.set(true));
-                return Some(rt.block_on(fut));
+                let (tx, rx) = mpsc::unbounded_channel();
+                JOBS.with(|j| *j.borrow_mut() = Some(tx));
+                let out = rt.block_on(async {
+                    tokio::task::spawn_local(run_jobs(rx));
+                    fut.await
+                });
+                JOBS.with(|j| *j.borrow_mut() = None);
+                return Some(out);
             }
             Err(e) => warn!(error = %e, "io_uring runtime failed on this thread; using epoll"),
         }
@@ -104,9 +171,7 @@ pub(crate) fn block_on<F: std::future::Future>(driver: IoDriver, fut: F) -> Opti
         .enable_all()
         .build()
     {
-        // In a LocalSet, as tokio-uring's runtime is, so connections can be spawned locally
-        // with either driver.
-        Ok(rt) => Some(rt.block_on(tokio::task::LocalSet::new().run_until(fut))),
+        Ok(rt) => Some(rt.block_on(fut)),
         Err(e) => {
             warn!(error = %e, "worker thread could not start its runtime");
             None
@@ -142,7 +207,7 @@ fn to_uring(s: tokio::net::TcpStream) -> io::Result<tokio_uring::net::TcpStream>
 
 /// Relays between `a` and `b` through io_uring until both directions reach end of stream or
 /// one fails; counts bytes as [`crate::splice::relay`] does. Must run on a uring thread.
-pub(crate) async fn relay(
+async fn relay(
     a: tokio::net::TcpStream,
     b: tokio::net::TcpStream,
     a_to_b: &AtomicU64,
@@ -199,7 +264,8 @@ mod tests {
         (outside, inside)
     }
 
-    /// Relays between `a` and `b` on a uring thread for at most `limit`, then keeps that
+    /// Relays between `a` and `b` on a uring thread (handed over through [`relay_here`], as a
+    /// connection's task does, or not) for at most `limit`, then keeps that
     /// thread's runtime until `hold` resolves. `None`: the relay was still running at `limit`
     /// and was dropped; otherwise its result and the bytes moved each way.
     fn relay_on_uring(
@@ -207,6 +273,7 @@ mod tests {
         b: std::net::TcpStream,
         limit: Duration,
         hold: tokio::sync::oneshot::Receiver<()>,
+        handed_over: bool,
     ) -> std::thread::JoinHandle<Option<(io::Result<()>, u64, u64)>> {
         std::thread::spawn(move || {
             block_on(IoDriver::Uring, async move {
@@ -216,10 +283,16 @@ mod tests {
                 );
                 let a = tokio::net::TcpStream::from_std(a).unwrap();
                 let b = tokio::net::TcpStream::from_std(b).unwrap();
-                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-                let r = tokio::time::timeout(limit, relay(a, b, &up, &down)).await;
+                let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+                let r = if handed_over {
+                    let relay = relay_here(a, b, up.clone(), down.clone());
+                    tokio::time::timeout(limit, relay).await
+                } else {
+                    tokio::time::timeout(limit, relay(a, b, &up, &down)).await
+                };
                 let _ = hold.await;
-                r.ok().map(|r| (r, up.into_inner(), down.into_inner()))
+                let moved = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                r.ok().map(|r| (r, moved(&up), moved(&down)))
             })
             .unwrap()
         })
@@ -230,7 +303,7 @@ mod tests {
         let (mut ca, sa) = loopback();
         let (mut cb, sb) = loopback();
         let (_, hold) = tokio::sync::oneshot::channel();
-        let t = relay_on_uring(sa, sb, Duration::from_secs(30), hold);
+        let t = relay_on_uring(sa, sb, Duration::from_secs(30), hold, true);
         // More than one read's worth, so the buffer grows, in a pattern that shows reordering.
         let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut ca2 = ca.try_clone().unwrap();
@@ -256,13 +329,22 @@ mod tests {
 
     #[test]
     fn dropping_the_relay_closes_both_connections() {
+        dropped_relay_closes_both_connections(false);
+    }
+
+    #[test]
+    fn dropping_a_connection_task_closes_its_handed_over_relay() {
+        dropped_relay_closes_both_connections(true);
+    }
+
+    fn dropped_relay_closes_both_connections(handed_over: bool) {
         let (mut ca, sa) = loopback();
         let (mut cb, sb) = loopback();
         // Both reads are in flight on idle sockets when the relay is dropped, as when a session
         // is canceled. The runtime lives on until the test has looked: its end would close
         // every socket it still holds.
         let (done, hold) = tokio::sync::oneshot::channel();
-        let t = relay_on_uring(sa, sb, Duration::from_millis(200), hold);
+        let t = relay_on_uring(sa, sb, Duration::from_millis(200), hold, handed_over);
         let timeout = Some(Duration::from_secs(3));
         ca.set_read_timeout(timeout).unwrap();
         cb.set_read_timeout(timeout).unwrap();

@@ -64,9 +64,9 @@ pub(crate) fn init_logging() {
 
 /// Logs to stderr at `SLUICE_LOG`, or at `default` when it is unset or invalid.
 pub(crate) fn init_logging_or(default: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,6 +1,6 @@
 //! Harness for end-to-end tests: starts `sluice dev`, an OpenSSH server and clients as real
 //! processes on 127.0.0.1, with every wait bounded.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -218,6 +218,16 @@ impl Dev {
     }
 
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_prepared(home, extra, |_| {})
+    }
+
+    /// As [`Dev::start_in`], with `prepare` applied to the command before it is spawned (say,
+    /// [`deny_io_uring`]).
+    pub fn start_prepared(
+        home: tempfile::TempDir,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Self {
         let mut args: Vec<String> = vec![
             "dev".into(),
             "-api-addr".into(),
@@ -231,6 +241,7 @@ impl Dev {
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("SLUICE_LOG", "info,quinn=warn");
+        prepare(&mut cmd);
         let proc = Proc::spawn(cmd);
         let mut proc = proc;
         let api = wait_for("sluice dev to start", Duration::from_secs(30), || {
@@ -612,6 +623,50 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
+}
+
+/// Makes `io_uring_setup(2)` fail with `ENOSYS` in the process `cmd` starts, as on a kernel
+/// without io_uring, through a seccomp filter installed between fork and exec. Only the spawned
+/// process (and its children) is affected; everything else on the machine keeps io_uring.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[allow(unsafe_code)] // the one unsafe block of the test crate: `pre_exec`
+pub fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    /// `AUDIT_ARCH_X86_64`: seccomp_data.arch of a 64-bit x86 system call.
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // seccomp_data: the system call number at offset 0, the architecture at offset 4.
+    let filter = [
+        op(LD_ABS_W, 0, 0, 4),
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_ABS_W, 0, 0, 0),
+        op(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec the closure only makes two prctl(2) calls, which are
+    // async-signal-safe, on a filter that lives in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -33,25 +33,42 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Chunks the echo may hold read and not yet written back, per connection (64 KiB each).
+const ECHO_AHEAD_CHUNKS: usize = 16;
+
 /// An echo server on 127.0.0.1 in the test's runtime; returns its port.
+///
+/// It keeps reading while its write back waits, up to [`ECHO_AHEAD_CHUNKS`] × 64 KiB, as the
+/// worker's relays do: an echo that stops reading while its write waits can keep out the very
+/// acknowledgement that write waits for (the kernel rule in docs/testing.md), which once stalled
+/// a stream on the worker → target leg, in the test's echo and not in the worker.
 async fn echo_server() -> u16 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(4096).unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
+            let (mut r, mut w) = s.into_split();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(ECHO_AHEAD_CHUNKS);
             tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let mut buf = vec![0u8; 64 * 1024];
                 loop {
+                    let mut buf = vec![0u8; 64 * 1024];
                     match r.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if w.write_all(&buf[..n]).await.is_err() {
+                            buf.truncate(n);
+                            if tx.send(buf).await.is_err() {
                                 return;
                             }
                         }
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    if w.write_all(&chunk).await.is_err() {
+                        return;
                     }
                 }
                 let _ = w.shutdown().await;

@@ -85,6 +85,50 @@ fn cancel_and_limits_work_the_same_over_tls() {
     );
 }
 
+/// Where io_uring cannot be made (here: `io_uring_setup` refused by a seccomp filter on the dev
+/// process alone, as a container runtime's default profile does), `-io-driver uring` says so
+/// once and the worker carries sessions on epoll.
+#[test]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn the_uring_driver_falls_back_to_epoll_where_io_uring_is_refused() {
+    let sshd = Sshd::start();
+    let port = sshd.port.to_string();
+    let dev = Dev::start_prepared(
+        tempfile::tempdir().unwrap(),
+        &[
+            "-host-address",
+            "127.0.0.1",
+            "-target-default-port",
+            &port,
+            "-worker-allow-plaintext",
+            "-io-driver",
+            "uring",
+        ],
+        sluice_e2e::deny_io_uring,
+    );
+    let log = dev.proc.stderr();
+    assert_eq!(
+        log.matches("io_uring is not available here; the worker uses the epoll driver")
+            .count(),
+        1,
+        "the fallback is said once: {log}"
+    );
+    let listening = log
+        .lines()
+        .find(|l| l.contains("worker listening"))
+        .unwrap_or_else(|| panic!("no start-up line: {log}"));
+    assert!(listening.contains("io_driver=epoll"), "{listening}");
+    for transport in ["tcp", "tls", "quic"] {
+        let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
+    }
+    let out = ssh_through(&dev, &sshd, "tcp", "head -c 6000000 /dev/zero | tr '\\0' x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 6_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+}
+
 #[test]
 fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() {
     let sshd = Sshd::start();

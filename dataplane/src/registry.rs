@@ -427,8 +427,9 @@ impl LiveSession {
         }
     }
 
-    /// Connects to the session's endpoint, trying each of its addresses in turn.
-    pub async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
+    /// Connects to the session's endpoint, trying each of its addresses in turn; returns the
+    /// stream and the address it reached.
+    pub async fn dial(&self) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
         let addrs = self
             .endpoint_addrs
             .get_or_try_init(|| async {
@@ -440,7 +441,7 @@ impl LiveSession {
         let mut last = None;
         for a in addrs {
             match crate::net::connect_tcp(*a, self.registry.tcp_buffer).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((s, *a)),
                 Err(e) => last = Some(e),
             }
         }

@@ -485,8 +485,8 @@ async fn handle_stream(
     };
     let endpoint = session.claims.endpoint.clone();
     let dial = tokio::time::timeout(config.dial_timeout, session.dial()).await;
-    let tcp = match dial {
-        Ok(Ok(tcp)) => tcp,
+    let (tcp, endpoint_addr) = match dial {
+        Ok(Ok(dialed)) => dialed,
         Ok(Err(e)) => {
             return refuse_stream(
                 &session,
@@ -509,7 +509,6 @@ async fn handle_stream(
             .await
         }
     };
-    let endpoint_addr = tcp.peer_addr().map_or(endpoint.clone(), |a| a.to_string());
     if send
         .write_all(
             &Frame::StreamAccepted {
@@ -523,7 +522,7 @@ async fn handle_stream(
         session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
         return;
     }
-    session.emit_opened(&ticket, client_addr, endpoint_addr);
+    session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
     let started = Instant::now();
     let counts = Counts::default();
     let reason = tokio::select! {

@@ -266,36 +266,36 @@ async fn data_connection(
         Err(r) => return conn.refuse(r).await,
     };
     let endpoint = session.claims.endpoint.clone();
-    let target = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            session.abandon_connection();
-            return conn
-                .refuse(Refusal::new(
-                    RefusalKind::TargetUnreachable,
-                    format!("the worker could not connect to {endpoint}: {e}"),
-                ))
-                .await;
-        }
-        Err(_) => {
-            session.abandon_connection();
-            return conn
-                .refuse(Refusal::new(
-                    RefusalKind::TargetUnreachable,
-                    format!("the worker timed out connecting to {endpoint}"),
-                ))
-                .await;
-        }
-    };
+    let (target, endpoint_addr) =
+        match tokio::time::timeout(config.dial_timeout, session.dial()).await {
+            Ok(Ok(dialed)) => dialed,
+            Ok(Err(e)) => {
+                session.abandon_connection();
+                return conn
+                    .refuse(Refusal::new(
+                        RefusalKind::TargetUnreachable,
+                        format!("the worker could not connect to {endpoint}: {e}"),
+                    ))
+                    .await;
+            }
+            Err(_) => {
+                session.abandon_connection();
+                return conn
+                    .refuse(Refusal::new(
+                        RefusalKind::TargetUnreachable,
+                        format!("the worker timed out connecting to {endpoint}"),
+                    ))
+                    .await;
+            }
+        };
     let _ = target.set_nodelay(true);
-    let endpoint_addr = target.peer_addr().map_or(endpoint, |a| a.to_string());
     let accepted = Frame::StreamAccepted {
         connections_left: ticket.connections_left,
     };
     if conn.send(&accepted).await.is_err() {
         return session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
     }
-    session.emit_opened(&ticket, client_addr, endpoint_addr);
+    session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
     let relay = async {

@@ -129,6 +129,9 @@ fn sessions_show_the_live_session_and_cancel_closes_it() {
         Some("canceled")
     );
     assert!(read.contains("Closed Reason:     canceled"), "{read}");
+    // The connection names the address the worker reached.
+    let endpoint = format!("Endpoint Address:  127.0.0.1:{}\n", sshd.port);
+    assert!(read.contains(&endpoint), "{read}");
     // Terminated sessions are hidden unless asked for.
     let list = dev.ok(&["sessions", "list", "-scope-id", "p_1234567890"]);
     assert!(!list.contains(&conn.session_id));

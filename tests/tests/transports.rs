@@ -168,6 +168,8 @@ fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() 
         Dev::field(&read, "Termination Reason").as_deref(),
         Some("canceled")
     );
+    let endpoint = format!("Endpoint Address:  127.0.0.1:{}\n", sshd.port);
+    assert!(read.contains(&endpoint), "{read}");
     assert!(
         !dev.proc.stderr().contains("io_uring is not available"),
         "the test ran on epoll: {}",

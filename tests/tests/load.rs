@@ -388,8 +388,9 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
         if pass == 1 {
             std::thread::sleep(Duration::from_secs(10));
         }
-        // -H: no header; -O: one line per socket, starting with its Recv-Q and Send-Q.
-        let ss = run("ss", &["-tnmiHO", "state", "established"]);
+        // -H: no header; -O: one line per socket, starting with its Recv-Q and Send-Q; -p: the
+        // process that holds it (the test's client and echo, `connect`, or the worker).
+        let ss = run("ss", &["-tnmiHOp", "state", "established"]);
         let busy: Vec<&str> = ss
             .lines()
             .filter(|l| {
@@ -398,7 +399,7 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
             })
             .collect();
         println!(
-            "ss -tnmiO, pass {pass}: {} sockets with bytes queued:\n{}",
+            "ss -tnmiOp, pass {pass}: {} sockets with bytes queued:\n{}",
             busy.len(),
             busy[..busy.len().min(40)].join("\n")
         );

@@ -195,3 +195,53 @@ impl ServerCertVerifier for PinnedCa {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The `tls` transport makes one TLS connection per proxied connection. With the session's
+    /// one client configuration, every connection after the first resumes the first's TLS
+    /// session: no certificate is sent or verified again.
+    #[tokio::test]
+    async fn a_second_tls_connection_of_a_session_resumes_the_first() {
+        let ca = sluice_controlplane::pki::ClusterCa::generate().unwrap();
+        let (cert, key) = ca.issue(WORKER_SERVER_NAME).unwrap();
+        let server = rustls_server_config(
+            vec![cert.into(), ca.cert().to_vec().into()],
+            PrivateKeyDer::try_from(key).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(
+            rustls_client_config(ca.fingerprint()).unwrap(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    tls.write_all(b"x").await.unwrap();
+                    let mut rest = Vec::new();
+                    let _ = tls.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from(WORKER_SERVER_NAME).unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            // Reading takes in the session tickets the worker sends after its handshake.
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+            tls.shutdown().await.unwrap();
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+    }
+}

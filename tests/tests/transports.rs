@@ -85,6 +85,20 @@ fn cancel_and_limits_work_the_same_over_tls() {
     );
 }
 
+/// ssh runs a command over each transport, and 6,000,000 bytes (several reads' worth, so a
+/// relay's buffers grow) arrive whole over the plaintext relay.
+fn carries_ssh_over_every_transport_and_6_mb_over_tcp(dev: &Dev, sshd: &Sshd) {
+    for transport in ["tcp", "tls", "quic"] {
+        let out = ssh_through(dev, sshd, transport, "echo via-$((40+2))");
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
+    }
+    let out = ssh_through(dev, sshd, "tcp", "head -c 6000000 /dev/zero | tr '\\0' x");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 6_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+}
+
 /// Where io_uring cannot be made (here: `io_uring_setup` refused by a seccomp filter on the dev
 /// process alone, as a container runtime's default profile does), `-io-driver uring` says so
 /// once and the worker carries sessions on epoll.
@@ -118,32 +132,14 @@ fn the_uring_driver_falls_back_to_epoll_where_io_uring_is_refused() {
         .find(|l| l.contains("worker listening"))
         .unwrap_or_else(|| panic!("no start-up line: {log}"));
     assert!(listening.contains("io_driver=epoll"), "{listening}");
-    for transport in ["tcp", "tls", "quic"] {
-        let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
-        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
-    }
-    let out = ssh_through(&dev, &sshd, "tcp", "head -c 6000000 /dev/zero | tr '\\0' x");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), 6_000_000);
-    assert!(out.stdout.iter().all(|&b| b == b'x'));
+    carries_ssh_over_every_transport_and_6_mb_over_tcp(&dev, &sshd);
 }
 
 #[test]
 fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext", "-io-driver", "uring"]);
-    for transport in ["tcp", "tls", "quic"] {
-        let out = ssh_through(&dev, &sshd, transport, "echo via-$((40+2))");
-        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), "via-42", "{transport}");
-    }
-    // Several reads' worth, so the relay's buffers grow, arrives whole over the plaintext
-    // relay, the one io_uring carries.
-    let out = ssh_through(&dev, &sshd, "tcp", "head -c 6000000 /dev/zero | tr '\\0' x");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), 6_000_000);
-    assert!(out.stdout.iter().all(|&b| b == b'x'));
+    carries_ssh_over_every_transport_and_6_mb_over_tcp(&dev, &sshd);
 
     let mut conn = Connect::start(
         &dev,

@@ -62,7 +62,8 @@ pub(crate) struct Registry {
     keys: RwLock<KeySet>,
     events: mpsc::UnboundedSender<WorkerEvent>,
     inner: Mutex<Inner>,
-    /// Proxied connections closed since start; the memory trimmer watches it.
+    /// Proxied connections closed and sessions ended since start; the memory trimmer watches
+    /// it.
     pub(crate) closed: Arc<AtomicU64>,
     /// Fixed buffer size for sockets to targets (`WorkerConfig::tcp_buffer`).
     pub(crate) tcp_buffer: Option<usize>,
@@ -389,6 +390,8 @@ impl LiveSession {
             return;
         }
         c.ended = Some(reason);
+        // The session's QUIC connection and its buffers go soon after: the trimmer returns them.
+        self.registry.closed.fetch_add(1, Ordering::Relaxed);
         self.registry.retire(self, reason);
         self.end_tx.send_replace(Some(reason));
         if c.open == 0 {

@@ -484,30 +484,18 @@ async fn handle_stream(
         }
     };
     let endpoint = session.claims.endpoint.clone();
-    let dial = tokio::time::timeout(config.dial_timeout, session.dial()).await;
-    let (tcp, endpoint_addr) = match dial {
-        Ok(Ok(dialed)) => dialed,
-        Ok(Err(e)) => {
-            return refuse_stream(
-                &session,
-                send,
-                recv,
-                format!("the worker could not connect to {endpoint}: {e}"),
-            )
-            .await
+    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
+        Ok(dialed) => {
+            dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
         }
-        Err(_) => {
-            return refuse_stream(
-                &session,
-                send,
-                recv,
-                format!(
-                    "the worker timed out connecting to {endpoint} after {:?}",
-                    config.dial_timeout
-                ),
-            )
-            .await
-        }
+        Err(_) => Err(format!(
+            "the worker timed out connecting to {endpoint} after {:?}",
+            config.dial_timeout
+        )),
+    };
+    let (tcp, endpoint_addr) = match dialed {
+        Ok(dialed) => dialed,
+        Err(message) => return refuse_stream(&session, send, recv, message).await,
     };
     if send
         .write_all(

@@ -266,28 +266,21 @@ async fn data_connection(
         Err(r) => return conn.refuse(r).await,
     };
     let endpoint = session.claims.endpoint.clone();
-    let (target, endpoint_addr) =
-        match tokio::time::timeout(config.dial_timeout, session.dial()).await {
-            Ok(Ok(dialed)) => dialed,
-            Ok(Err(e)) => {
-                session.abandon_connection();
-                return conn
-                    .refuse(Refusal::new(
-                        RefusalKind::TargetUnreachable,
-                        format!("the worker could not connect to {endpoint}: {e}"),
-                    ))
-                    .await;
-            }
-            Err(_) => {
-                session.abandon_connection();
-                return conn
-                    .refuse(Refusal::new(
-                        RefusalKind::TargetUnreachable,
-                        format!("the worker timed out connecting to {endpoint}"),
-                    ))
-                    .await;
-            }
-        };
+    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
+        Ok(dialed) => {
+            dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
+        }
+        Err(_) => Err(format!("the worker timed out connecting to {endpoint}")),
+    };
+    let (target, endpoint_addr) = match dialed {
+        Ok(dialed) => dialed,
+        Err(message) => {
+            session.abandon_connection();
+            return conn
+                .refuse(Refusal::new(RefusalKind::TargetUnreachable, message))
+                .await;
+        }
+    };
     let _ = target.set_nodelay(true);
     let accepted = Frame::StreamAccepted {
         connections_left: ticket.connections_left,

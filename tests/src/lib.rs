@@ -206,6 +206,15 @@ impl Dev {
 
     /// Starts `sluice dev` whose generated host and targets point at `sshd`.
     pub fn for_sshd(sshd: &Sshd, extra: &[&str]) -> Self {
+        Self::for_sshd_prepared(sshd, extra, |_| {})
+    }
+
+    /// As [`Dev::for_sshd`], with `prepare` applied to the command before it is spawned.
+    pub fn for_sshd_prepared(
+        sshd: &Sshd,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Self {
         let port = sshd.port.to_string();
         let mut args = vec![
             "-host-address",
@@ -214,7 +223,7 @@ impl Dev {
             port.as_str(),
         ];
         args.extend_from_slice(extra);
-        Self::start(&args)
+        Self::start_prepared(tempfile::tempdir().unwrap(), &args, prepare)
     }
 
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Self {
@@ -223,7 +232,7 @@ impl Dev {
 
     /// As [`Dev::start_in`], with `prepare` applied to the command before it is spawned (say,
     /// [`deny_io_uring`]).
-    pub fn start_prepared(
+    fn start_prepared(
         home: tempfile::TempDir,
         extra: &[&str],
         prepare: impl FnOnce(&mut Command),

@@ -106,18 +106,9 @@ fn carries_ssh_over_every_transport_and_6_mb_over_tcp(dev: &Dev, sshd: &Sshd) {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn the_uring_driver_falls_back_to_epoll_where_io_uring_is_refused() {
     let sshd = Sshd::start();
-    let port = sshd.port.to_string();
-    let dev = Dev::start_prepared(
-        tempfile::tempdir().unwrap(),
-        &[
-            "-host-address",
-            "127.0.0.1",
-            "-target-default-port",
-            &port,
-            "-worker-allow-plaintext",
-            "-io-driver",
-            "uring",
-        ],
+    let dev = Dev::for_sshd_prepared(
+        &sshd,
+        &["-worker-allow-plaintext", "-io-driver", "uring"],
         sluice_e2e::deny_io_uring,
     );
     let log = dev.proc.stderr();
@@ -171,4 +162,45 @@ fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() 
         "the test ran on epoll: {}",
         dev.proc.stderr()
     );
+}
+
+/// A target that refuses connections: over every transport the worker refuses the proxied
+/// connection, the local connection closes, and `connect` says why, naming the target.
+#[test]
+fn an_unreachable_target_is_refused_with_its_reason_over_every_transport() {
+    use std::io::{Read, Write};
+    let dead = sluice_e2e::free_port().to_string();
+    let dev = Dev::start(&[
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        &dead,
+        "-worker-allow-plaintext",
+    ]);
+    for transport in ["quic", "tls", "tcp"] {
+        let conn = Connect::start(
+            &dev,
+            &[
+                "connect",
+                "-transport",
+                transport,
+                "-target-id",
+                "ttcp_1234567890",
+            ],
+        );
+        let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+        local
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = local.write_all(b"hello");
+        let mut rest = Vec::new();
+        let _ = local.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{transport}: nothing comes back");
+        let said = format!("the worker could not connect to 127.0.0.1:{dead}");
+        wait_for(
+            &format!("{transport}: connect to report the refusal"),
+            Duration::from_secs(10),
+            || conn.proc.stderr().contains(&said).then_some(()),
+        );
+    }
 }

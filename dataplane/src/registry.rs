@@ -521,6 +521,27 @@ mod tests {
         assert_eq!(late.kind, RefusalKind::Expired);
     }
 
+    /// The memory trimmer runs after connections close and after sessions end (a QUIC
+    /// connection's buffers go once its session has ended), once per session however it ends.
+    #[test]
+    fn closed_connections_and_ended_sessions_are_counted_for_the_trimmer() {
+        let signer = TokenSigner::from_seed(&[1; 32]);
+        let (reg, _events) = registry(&signer);
+        let t = token(&signer, "s_cccccccccc", 2_000);
+        let Admitted::New(s) = reg.admit(&t, [1; NONCE_LEN], 1_500).unwrap() else {
+            panic!("first admission creates the session");
+        };
+        let ended = || reg.closed.load(Ordering::Relaxed);
+        assert_eq!(ended(), 0);
+        let ticket = s.open_connection().unwrap();
+        s.close_connection(&ticket, 1, 1, ConnectionClosedReason::ClosedByEndUser);
+        assert_eq!(ended(), 1, "a closed connection");
+        s.end(TerminationReason::Canceled);
+        assert_eq!(ended(), 2, "an ended session");
+        s.end(TerminationReason::TimedOut);
+        assert_eq!(ended(), 2, "a session ends once");
+    }
+
     #[test]
     fn an_ended_session_is_not_rejoined_through_the_cache() {
         let signer = TokenSigner::from_seed(&[1; 32]);

@@ -132,11 +132,7 @@ fn dial_port(port: u16) -> impl Fn() -> anyhow::Result<TcpStream> + Sync {
     move || Ok(TcpStream::connect(("127.0.0.1", port))?)
 }
 
-fn measure_path(
-    p: &Path<'_>,
-    quick: bool,
-    direct: Option<(f64, f64)>,
-) -> anyhow::Result<PathResult> {
+fn measure_path(p: &Path<'_>, quick: bool, direct: Option<f64>) -> anyhow::Result<PathResult> {
     let (rounds, bytes) = if quick {
         (1, 128u64 << 20)
     } else {
@@ -152,24 +148,51 @@ fn measure_path(
     let cpu = procs::tree_cpu(&p.pids) - cpu0;
     let gib = (bytes * rounds as u64) as f64 / (1u64 << 30) as f64;
     let bulk = measure::median(&mut mbs);
-    let n = if quick { 2_000 } else { 20_000 };
-    let closed = Percentiles::of(&measure::closed_loop(&*p.dial, n)?);
     let (rate, secs) = if quick { (2_000, 1) } else { (5_000, 4) };
     let open = Percentiles::of(&measure::open_loop(
         &*p.dial,
         rate,
         Duration::from_secs(secs),
     )?);
-    let (direct_bulk, direct_p50) = direct.unwrap_or((bulk, closed.p50));
+    let direct_bulk = direct.unwrap_or(bulk);
     Ok(PathResult {
         name: p.name.clone(),
         bulk_mb_s: bulk,
         bulk_vs_direct: bulk / direct_bulk,
         proxy_cpu_s_per_gib: (!p.pids.is_empty()).then_some(cpu / gib),
-        added_p50_us: closed.p50 - direct_p50,
-        closed_loop_us: closed,
+        // Filled in by `closed_loops`.
+        added_p50_us: 0.0,
+        closed_loop_us: Percentiles::default(),
         open_loop_us: open,
     })
+}
+
+/// Closed-loop latency of every path, `n` round trips each, taken in blocks that go round the
+/// paths in turn (starting one further each block): the machine's load drifts within seconds,
+/// and measured path after path, that drift showed up as ±15 µs in one path's added p50.
+/// Returns one histogram per path, or the first error of a path.
+fn closed_loops(
+    paths: &[&Path<'_>],
+    n: usize,
+    blocks: usize,
+) -> Vec<anyhow::Result<hdrhistogram::Histogram<u64>>> {
+    let mut out: Vec<anyhow::Result<hdrhistogram::Histogram<u64>>> =
+        paths.iter().map(|_| Ok(measure::histogram())).collect();
+    for block in 0..blocks {
+        for k in 0..paths.len() {
+            let i = (block + k) % paths.len();
+            let Ok(h) = &mut out[i] else { continue };
+            match measure::closed_loop(&*paths[i].dial, n / blocks) {
+                Ok(b) => {
+                    if let Err(e) = h.add(&b) {
+                        out[i] = Err(e.into());
+                    }
+                }
+                Err(e) => out[i] = Err(e.context(format!("round trips through {}", paths[i].name))),
+            }
+        }
+    }
+    out
 }
 
 fn run(o: &Opts) -> anyhow::Result<Results> {
@@ -273,6 +296,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     }
     paths.retain(|p| o.wants(&p.name));
     let mut direct = None;
+    let mut measured = Vec::new();
     for p in &paths {
         eprintln!("measuring {}", p.name);
         let res = match measure_path(p, o.quick, direct) {
@@ -284,13 +308,29 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             Err(e) => return Err(e),
         };
         if direct.is_none() {
-            direct = Some((res.bulk_mb_s, res.closed_loop_us.p50));
+            direct = Some(res.bulk_mb_s);
         }
         eprintln!(
-            "  {:.0} MB/s ({:.2}x direct), CPU {:?} s/GiB, p50 {:.1} us",
-            res.bulk_mb_s, res.bulk_vs_direct, res.proxy_cpu_s_per_gib, res.closed_loop_us.p50
+            "  {:.0} MB/s ({:.2}x direct), CPU {:?} s/GiB",
+            res.bulk_mb_s, res.bulk_vs_direct, res.proxy_cpu_s_per_gib
         );
-        r.paths.push(res);
+        measured.push((p, res));
+    }
+    eprintln!("measuring round trips, all paths in turn");
+    let (n, blocks) = if o.quick { (2_000, 2) } else { (20_000, 10) };
+    let on: Vec<&Path<'_>> = measured.iter().map(|(p, _)| *p).collect();
+    let mut direct_p50 = None;
+    for ((p, mut res), h) in measured.into_iter().zip(closed_loops(&on, n, blocks)) {
+        match h {
+            Ok(h) => {
+                res.closed_loop_us = Percentiles::of(&h);
+                let d = *direct_p50.get_or_insert(res.closed_loop_us.p50);
+                res.added_p50_us = res.closed_loop_us.p50 - d;
+                r.paths.push(res);
+            }
+            Err(e) if p.peer => r.skipped.push(format!("{}: {e:#}", p.name)),
+            Err(e) => return Err(e),
+        }
     }
 
     // New connection inside an open session → first echoed byte.

@@ -35,7 +35,7 @@ pub fn bulk(dial: Dial<'_>, bytes: u64) -> anyhow::Result<f64> {
     Ok(bytes as f64 / elapsed / 1e6)
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
@@ -118,7 +118,7 @@ pub fn setup(dial: Dial<'_>, n: usize) -> anyhow::Result<Histogram<u64>> {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,

@@ -138,6 +138,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     config.threads = a.workers;
     config.allow_plaintext = a.worker_allow_plaintext;
     config.io_driver = a.io_driver;
+    config.busy_poll = std::time::Duration::from_micros(a.busy_poll_us);
     let worker = Worker::start(config, keys, events_tx)
         .with_context(|| format!("while starting the worker on {proxy_addr}"))?;
     let worker_addr = worker.local_addr();

@@ -14,6 +14,7 @@
 //! tcp_buffer_bytes = 0                       # fixed TCP socket buffers; 0: kernel autotuning
 //! read_ahead_budget_bytes = 67108864         # bytes read ahead of stuck writes, all relays
 //! io_driver = "epoll"                        # or "uring": io_uring for plaintext relays
+//! busy_poll_us = 50                          # poll this long after a small transfer; 0: off
 //!
 //! [worker.tags]
 //! env = ["prod"]
@@ -57,6 +58,7 @@ struct WorkerSection {
     tcp_buffer_bytes: usize,
     read_ahead_budget_bytes: usize,
     io_driver: String,
+    busy_poll_us: u64,
     tags: BTreeMap<String, Vec<String>>,
 }
 
@@ -74,6 +76,7 @@ impl Default for WorkerSection {
             tcp_buffer_bytes: 0,
             read_ahead_budget_bytes: sluice_dataplane::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: "epoll".into(),
+            busy_poll_us: sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
             tags: BTreeMap::new(),
         }
     }
@@ -241,6 +244,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     config.tcp_buffer = (w.tcp_buffer_bytes > 0).then_some(w.tcp_buffer_bytes);
     config.read_ahead_budget = w.read_ahead_budget_bytes;
     config.io_driver = io_driver;
+    config.busy_poll = std::time::Duration::from_micros(a.busy_poll_us.unwrap_or(w.busy_poll_us));
     // The keys the controller sent last (kept on disk), until its welcome brings the current
     // set: a worker restarted while the controller is away still admits tokens.
     let kept = load_keys(&w.auth_storage_path);

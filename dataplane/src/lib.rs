@@ -17,6 +17,7 @@ mod pool;
 mod registry;
 mod relay;
 mod server;
+mod spin;
 mod splice;
 mod stream_transport;
 pub mod tls;
@@ -26,6 +27,7 @@ mod uring;
 pub use pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};
+pub use spin::DEFAULT_WINDOW as DEFAULT_BUSY_POLL;
 pub use uring::IoDriver;
 
 /// QUIC application close code a client sends when its user ends the session.

@@ -278,6 +278,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         c.start += n;
                         queued -= n;
                         count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        crate::spin::moved(n);
                         flushed = false;
                         moved = true;
                         stuck.moved();

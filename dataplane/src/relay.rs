@@ -138,6 +138,7 @@ pub async fn relay_after(
                         .await
                         .map_err(|e| format!("write to socket: {e}"))?;
                     counts.quic_to_tcp.fetch_add(len as u64, Ordering::Relaxed);
+                    crate::spin::moved(len);
                 }
                 Ok(None) => {
                     let _ = tw.shutdown().await;
@@ -196,6 +197,7 @@ pub async fn relay_after(
                     counts
                         .tcp_to_quic
                         .fetch_add(written.bytes as u64, Ordering::Relaxed);
+                    crate::spin::moved(written.bytes);
                     stuck.moved();
                     read_ahead = false;
                 }

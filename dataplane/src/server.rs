@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     /// How worker threads wait for I/O (`-io-driver`); `Uring` falls back to `Epoll` where
     /// io_uring is unavailable.
     pub io_driver: crate::IoDriver,
+    /// How long a worker thread keeps polling for events, instead of sleeping, after a relay
+    /// moved a small amount (interactive traffic); zero: sleep at once.
+    pub busy_poll: Duration,
 }
 
 /// Counts the handshakes in progress on one thread.
@@ -105,6 +108,7 @@ impl WorkerConfig {
             tcp_buffer: None,
             read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: crate::IoDriver::Epoll,
+            busy_poll: crate::spin::DEFAULT_WINDOW,
         }
     }
 }
@@ -157,6 +161,12 @@ impl Worker {
         let (stop, _) = watch::channel(false);
         let config = Arc::new(config);
         let io_driver = crate::uring::effective(config.io_driver);
+        // io_uring threads do not poll (uring::block_on).
+        let busy_poll = if io_driver == crate::IoDriver::Epoll {
+            config.busy_poll
+        } else {
+            Duration::ZERO
+        };
         let mut handles = Vec::new();
         for (i, (socket, listener)) in sockets.into_iter().enumerate() {
             let registry = registry.clone();
@@ -171,6 +181,7 @@ impl Worker {
                     let span = info_span!("worker", thread = i);
                     crate::uring::block_on(
                         io_driver,
+                        busy_poll,
                         serve(
                             registry,
                             config,
@@ -187,7 +198,13 @@ impl Worker {
         }
         let trim_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let trimmer = crate::trim::spawn(registry.closed.clone(), trim_stop.clone())?;
-        info!(addr = %local_addr, threads, %io_driver, "worker listening");
+        info!(
+            addr = %local_addr,
+            threads,
+            %io_driver,
+            busy_poll_us = busy_poll.as_micros() as u64,
+            "worker listening"
+        );
         Ok(Self {
             registry,
             local_addr,

@@ -60,6 +60,90 @@ fn has_input(src: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
+/// Reads of at most this size go through a buffer instead of the pipe (see [`copy_small`]).
+const SMALL_READ: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer small transfers pass through: each is read and written back before the
+    /// relay next waits, so one per thread serves every connection on it.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SMALL_READ]);
+}
+
+/// What [`copy_small`] did.
+enum Small {
+    /// Read this many bytes (0: end of stream) and wrote or queued them.
+    Read(usize),
+    /// The source had nothing.
+    Empty,
+}
+
+/// Moves what `src` has, up to [`SMALL_READ`], by `recv` and `send` rather than two splices
+/// through the pipe, for the small transfers of interactive traffic: a few bytes cost less to
+/// copy than to hang on pipe pages, and a read that comes back short shows the source is
+/// empty, so its readiness is cleared without another call that answers EAGAIN. What the
+/// destination does not take at once goes into the (empty) pipe and is drained from there.
+fn copy_small(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pw: &OwnedFd,
+    count: &AtomicU64,
+) -> std::io::Result<(Small, usize)> {
+    use std::os::fd::AsRawFd;
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let mut short = None;
+        let read = src.try_io(Interest::READABLE, || {
+            let n = nix::sys::socket::recv(
+                src.as_raw_fd(),
+                &mut buf[..],
+                nix::sys::socket::MsgFlags::empty(),
+            )?;
+            if n > 0 && n < SMALL_READ {
+                // Drained: report "would block" so Tokio clears the readiness, as its own
+                // reads do after a short read on epoll.
+                short = Some(n);
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (read, short) {
+            (_, Some(n)) => n,
+            (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok((Small::Empty, 0))
+            }
+            (Err(e), None) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((Small::Read(0), 0));
+        }
+        let sent = match dst.try_io(Interest::WRITABLE, || {
+            nix::sys::socket::send(
+                dst.as_raw_fd(),
+                &buf[..n],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            )
+            .map_err(std::io::Error::from)
+        }) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        count.fetch_add(sent as u64, Ordering::Relaxed);
+        crate::spin::moved(sent);
+        // The pipe is empty and holds at least 64 KiB, so the rest fits.
+        let mut queued = sent;
+        while queued < n {
+            match nix::unistd::write(pw, &buf[queued..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(k) => queued += k,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((Small::Read(n), n - sent))
+    })
+}
+
 /// Moves bytes from `src` to `dst` until end of stream, then shuts `dst` down for writing.
 pub(crate) async fn one_way(
     src: &TcpStream,
@@ -69,11 +153,27 @@ pub(crate) async fn one_way(
     let (pr, pw, size) = pipe()?;
     let mut in_pipe = 0usize;
     let mut eof = false;
+    // Whether reads go through the buffer (small transfers) or the pipe (bulk): a full buffer
+    // switches to the pipe, a small splice back.
+    let mut small = true;
     loop {
         let mut moved = false;
         // Fill while the source has bytes and the pipe has room.
         let mut wait_src = false;
-        if !eof {
+        if !eof && small && in_pipe == 0 {
+            match copy_small(src, dst, &pw, count)? {
+                (Small::Read(0), _) => {
+                    eof = true;
+                    moved = true;
+                }
+                (Small::Read(n), queued) => {
+                    in_pipe += queued;
+                    small = n < SMALL_READ;
+                    moved = true;
+                }
+                (Small::Empty, _) => wait_src = true,
+            }
+        } else if !eof {
             match src.try_io(Interest::READABLE, || {
                 match splice(src, None, &pw, None, size, flags()) {
                     Ok(n) => Ok(Fill::Moved(n)),
@@ -88,6 +188,9 @@ pub(crate) async fn one_way(
                     moved = true;
                 }
                 Ok(Fill::Moved(n)) => {
+                    if in_pipe == 0 && n < SMALL_READ {
+                        small = true;
+                    }
                     in_pipe += n;
                     moved = true;
                 }
@@ -106,6 +209,7 @@ pub(crate) async fn one_way(
                 Ok(m) => {
                     in_pipe -= m;
                     count.fetch_add(m as u64, Ordering::Relaxed);
+                    crate::spin::moved(m);
                     moved = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_dst = true,
@@ -250,6 +354,58 @@ mod tests {
         let mut out = Vec::new();
         let (_, read) = tokio::join!(rest, target.read_to_end(&mut out));
         read.unwrap();
+        assert_eq!(out.len(), data.len());
+        assert!(out == data, "the bytes changed on the way");
+        assert_eq!(proxy.await.unwrap(), data.len() as u64);
+    }
+
+    /// Small writes go through the thread's buffer and large ones through the pipe; with the
+    /// destination not reading at first, what it does not take waits in the pipe. Mixed sizes
+    /// switch between the two paths many times, and every byte must arrive once, in order.
+    #[tokio::test]
+    async fn small_and_large_writes_mixed_arrive_in_order_while_the_destination_waits() {
+        let front = small_listener();
+        let back = small_listener();
+        let (faddr, baddr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
+        let proxy = tokio::spawn(async move {
+            let (a, _) = front.accept().await.unwrap();
+            let b = small_connect(baddr).await;
+            let n = AtomicU64::new(0);
+            one_way(&a, &b, &n).await.unwrap();
+            n.into_inner()
+        });
+        let mut client = small_connect(faddr).await;
+        client.set_nodelay(true).unwrap();
+        let (mut target, _) = back.accept().await.unwrap();
+        let mut data = Vec::new();
+        let mut pieces = Vec::new();
+        for i in 0..400usize {
+            // 1 to 300 bytes, then every fifth piece 20–90 KB.
+            let len = if i % 5 == 4 {
+                20_000 + (i * 997) % 70_000
+            } else {
+                1 + (i * 31) % 300
+            };
+            let piece: Vec<u8> = (0..len).map(|j| ((i * 7 + j) % 251) as u8).collect();
+            data.extend_from_slice(&piece);
+            pieces.push(piece);
+        }
+        let send = async {
+            for p in &pieces {
+                client.write_all(p).await.unwrap();
+                // Let each small piece leave on its own.
+                tokio::task::yield_now().await;
+            }
+            client.shutdown().await.unwrap();
+        };
+        let recv = async {
+            // The target reads nothing for a while, so the relay's writes block.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let mut out = Vec::new();
+            target.read_to_end(&mut out).await.unwrap();
+            out
+        };
+        let (_, out) = tokio::join!(send, recv);
         assert_eq!(out.len(), data.len());
         assert!(out == data, "the bytes changed on the way");
         assert_eq!(proxy.await.unwrap(), data.len() as u64);

@@ -524,7 +524,7 @@ fn a_cancel_made_while_the_worker_link_is_down_is_applied_when_it_returns() {
 }
 
 #[test]
-fn a_worker_takes_its_io_driver_and_threads_from_its_configuration_and_refuses_a_bad_one() {
+fn a_worker_takes_its_io_driver_threads_and_polling_from_its_configuration_and_refuses_a_bad_one() {
     let sshd = Sshd::start();
     let setup = ServerSetup::new(sshd.port);
     let dev = Dev::server(&setup);
@@ -533,10 +533,14 @@ fn a_worker_takes_its_io_driver_and_threads_from_its_configuration_and_refuses_a
         &setup.cluster_addr(),
         Some(&token),
         &[],
-        "[worker]\nio_driver = \"uring\"\nthreads = 1\nallow_plaintext = true\n",
+        "[worker]\nio_driver = \"uring\"\nthreads = 1\nallow_plaintext = true\nbusy_poll_us = 80\n",
     );
+    // `busy_poll_us` is read, and left unused by io_uring threads, which do not poll.
     assert!(
-        worker.proc.stderr().contains("threads=1 io_driver=uring"),
+        worker
+            .proc
+            .stderr()
+            .contains("threads=1 io_driver=uring busy_poll_us=0"),
         "{}",
         worker.proc.stderr()
     );
@@ -552,6 +556,24 @@ fn a_worker_takes_its_io_driver_and_threads_from_its_configuration_and_refuses_a
         text(&out.stderr)
     );
     conn.proc.stop();
+    worker.proc.stop();
+
+    // On epoll the worker polls for as long as `busy_poll_us` says.
+    let (_, token) = dev.create_worker("w2");
+    let mut worker = WorkerProc::start_configured(
+        &setup.cluster_addr(),
+        Some(&token),
+        &[],
+        "[worker]\nthreads = 1\nbusy_poll_us = 80\n",
+    );
+    assert!(
+        worker
+            .proc
+            .stderr()
+            .contains("threads=1 io_driver=epoll busy_poll_us=80"),
+        "{}",
+        worker.proc.stderr()
+    );
     worker.proc.stop();
 
     // A driver the worker does not know stops it before it starts, naming the setting.

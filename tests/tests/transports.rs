@@ -108,7 +108,13 @@ fn the_uring_driver_falls_back_to_epoll_where_io_uring_is_refused() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd_prepared(
         &sshd,
-        &["-worker-allow-plaintext", "-io-driver", "uring"],
+        &[
+            "-worker-allow-plaintext",
+            "-io-driver",
+            "uring",
+            "-busy-poll-us",
+            "120",
+        ],
         sluice_e2e::deny_io_uring,
     );
     let log = dev.proc.stderr();
@@ -123,7 +129,54 @@ fn the_uring_driver_falls_back_to_epoll_where_io_uring_is_refused() {
         .find(|l| l.contains("worker listening"))
         .unwrap_or_else(|| panic!("no start-up line: {log}"));
     assert!(listening.contains("io_driver=epoll"), "{listening}");
+    // Back on epoll, the worker polls after small transfers as asked (uring threads do not).
+    assert!(listening.contains("busy_poll_us=120"), "{listening}");
     carries_ssh_over_every_transport_and_6_mb_over_tcp(&dev, &sshd);
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// The worker polls for a moment after each small transfer instead of sleeping (crate `spin`),
+/// which an interactive session makes all the time. Once the traffic stops, it must sleep
+/// again: a worker that kept polling would hold a core for as long as it runs.
+#[test]
+fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
+    let log = dev.proc.stderr();
+    assert!(log.contains("busy_poll_us=50"), "the default window: {log}");
+    let pid = dev.proc.child.id();
+    for transport in ["tcp", "tls", "quic"] {
+        // Many small round trips: each line goes to the target and back in small transfers.
+        let out = ssh_through(
+            &dev,
+            &sshd,
+            transport,
+            "for i in $(seq 1 200); do echo line-$i; done",
+        );
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 200, "{transport}");
+    }
+    // Sessions end (the clients are gone) and the window closes within microseconds; leave
+    // time for the last events, then watch an idle second and a half.
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks_per_s = 100; // USER_HZ on Linux
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_ticks(pid) - before;
+    // A thread still polling uses about 150 ticks here; an idle dev a few at most.
+    assert!(
+        used * 1000 / ticks_per_s < 400,
+        "sluice dev used {} ms of CPU in 1.5 s with no traffic",
+        used * 1000 / ticks_per_s
+    );
 }
 
 #[test]

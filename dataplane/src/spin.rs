@@ -1,0 +1,180 @@
+//! Busy polling after small transfers, so that a request and its answer do not each pay for
+//! waking the worker thread.
+//!
+//! A worker thread that sleeps in `epoll_wait` between a request and its answer is woken by
+//! the kernel when the next bytes arrive. On this kind of machine (virtual CPUs) that wake-up
+//! is most of what a proxy adds to a round trip (benches/RESULTS.md, docs/design.md). So after
+//! a relay moves a small amount, as interactive traffic does (keystrokes, queries and their
+//! answers), the thread keeps polling for events without sleeping for a short window.
+//!
+//! - Bulk transfers move large chunks and do not open the window.
+//! - An idle thread goes back to sleep when the window ends, so the CPU this costs is at most
+//!   one window per small transfer.
+//! - Each turn of the poll gives the core away (`sched_yield`) if anything else is waiting to
+//!   run on it, so the poller does not keep the target or the client off a shared core.
+//!
+//! HAProxy's `busy-polling` is the same idea for a whole process, always on. The window is per
+//! worker thread (each runs its own runtime). The polling is done by a task that yields: with
+//! a task ready to run, Tokio polls its I/O driver with a zero timeout instead of sleeping.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// The window after a small transfer unless configured otherwise: longer than a round trip
+/// through a proxy on one machine (~30–80 µs here), so a request/answer exchange keeps it
+/// open, and short enough that a thread back to idle costs little.
+pub const DEFAULT_WINDOW: Duration = Duration::from_micros(50);
+
+/// A transfer of at most this many bytes opens the window.
+const SMALL: usize = 16 * 1024;
+
+struct Window {
+    /// How long to poll after a small transfer.
+    length: Duration,
+    /// Until when this thread polls; `None` while it sleeps.
+    until: Cell<Option<Instant>>,
+    wake: Notify,
+    /// Turns of the poll so far (for tests: polling must start and must stop).
+    turns: Cell<u64>,
+}
+
+thread_local! {
+    static WINDOW: Cell<Option<&'static Window>> = const { Cell::new(None) };
+}
+
+/// Records that a relay on this thread moved `n` bytes: a small transfer opens (or extends)
+/// the window. Costs one thread-local read on a thread without polling.
+#[inline]
+pub(crate) fn moved(n: usize) {
+    if n > SMALL {
+        return;
+    }
+    WINDOW.with(|w| {
+        if let Some(w) = w.get() {
+            let was_sleeping = w.until.get().is_none();
+            w.until.set(Some(Instant::now() + w.length));
+            if was_sleeping {
+                w.wake.notify_one();
+            }
+        }
+    });
+}
+
+/// Runs `fut` with a polling window of `length` after each small transfer on this thread
+/// (`Duration::ZERO`: no polling). `fut` must be what the thread runs for its whole life: the
+/// window belongs to the thread, and its few bytes are kept until the process exits.
+pub(crate) async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F::Output {
+    if length.is_zero() {
+        return fut.await;
+    }
+    // One per worker thread: leaked so that `moved` needs no reference counting.
+    let window: &'static Window = Box::leak(Box::new(Window {
+        length,
+        until: Cell::new(None),
+        wake: Notify::new(),
+        turns: Cell::new(0),
+    }));
+    WINDOW.with(|w| w.set(Some(window)));
+    let poller = async {
+        loop {
+            window.wake.notified().await;
+            loop {
+                // Gives the core to anything else that is ready to run on it; returns at once
+                // otherwise.
+                std::thread::yield_now();
+                // With this task ready again, Tokio polls for events without sleeping.
+                tokio::task::yield_now().await;
+                window.turns.set(window.turns.get() + 1);
+                match window.until.get() {
+                    Some(until) if Instant::now() < until => {}
+                    _ => {
+                        window.until.set(None);
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let out = tokio::select! {
+        biased;
+        out = fut => out,
+        _ = poller => unreachable!("the poller never ends"),
+    };
+    WINDOW.with(|w| w.set(None));
+    out
+}
+
+/// Turns of this thread's poll so far; `None` without a window.
+#[cfg(test)]
+fn turns() -> Option<u64> {
+    WINDOW.with(|w| w.get().map(|w| w.turns.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_small_transfer_polls_for_the_window_then_the_thread_sleeps_again() {
+        runtime().block_on(with_polling(Duration::from_millis(20), async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(turns(), Some(0), "nothing moved yet, so nothing polls");
+            moved(64);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let during = turns().unwrap();
+            assert!(during > 0, "a small transfer starts polling");
+            // The window is 20 ms from the transfer; well after it, polling has stopped.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let after = turns().unwrap();
+            assert!(after > during, "polling went on within the window");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert_eq!(
+                turns(),
+                Some(after),
+                "the thread sleeps once the window is over"
+            );
+            // A later small transfer starts it again.
+            moved(1);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(
+                turns().unwrap() > after,
+                "a new transfer reopens the window"
+            );
+        }));
+    }
+
+    #[test]
+    fn bulk_transfers_do_not_poll() {
+        runtime().block_on(with_polling(Duration::from_millis(20), async {
+            for _ in 0..100 {
+                moved(SMALL + 1);
+                moved(1 << 20);
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(turns(), Some(0));
+        }));
+    }
+
+    #[test]
+    fn a_zero_window_never_polls_and_the_future_still_runs() {
+        let out = runtime().block_on(with_polling(Duration::ZERO, async {
+            moved(1);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(turns(), None);
+            7
+        }));
+        assert_eq!(out, 7);
+        // Once `with_polling` returns, the thread has no window.
+        assert_eq!(turns(), None);
+    }
+}

@@ -16,6 +16,10 @@
 //! an empty source. A peek tells the two apart, so the source's edge-triggered readiness is
 //! cleared only when it really has nothing (clearing it with data waiting would lose the
 //! wake-up).
+//!
+//! Reads of up to 16 KiB (interactive traffic) skip the pipe: they are copied through a
+//! per-thread buffer with `recv` and `send`, which costs less than two splices for a few bytes
+//! ([`copy_small`]; docs/design.md, "Latency a hop adds").
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};

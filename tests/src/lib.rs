@@ -88,6 +88,25 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// Waits up to 20 s for an ssh started with `echo started` to print it. On timeout the test
+/// fails with what ssh, `connect` and the worker wrote, so a failure says where it stopped.
+pub fn wait_for_ssh_start(ssh: &Proc, connect: &Proc, worker: &Proc) {
+    let start = Instant::now();
+    while !ssh.stdout().contains("started") {
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!(
+                "timed out after 20s waiting for ssh to start\n--- ssh stderr:\n{}\n--- connect \
+                 stdout:\n{}\n--- connect stderr:\n{}\n--- worker stderr:\n{}",
+                ssh.stderr(),
+                connect.stdout(),
+                connect.stderr(),
+                worker.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn kill_gently(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-TERM")

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sluice_e2e::{text, wait_for, Connect, Cuttable, Dev, Proc, ServerSetup, Sshd, WorkerProc};
+use sluice_e2e::{
+    text, wait_for, wait_for_ssh_start, Connect, Cuttable, Dev, Proc, ServerSetup, Sshd, WorkerProc,
+};
 
 const TARGET: &str = "ttcp_1234567890";
 
@@ -215,9 +217,7 @@ fn a_killed_worker_has_its_sessions_ended_with_system_error() {
         conn.port,
         "echo started; while true; do head -c 65536 /dev/zero | tr '\\0' x; echo; sleep 0.05; done",
     ));
-    wait_for("ssh to start", Duration::from_secs(20), || {
-        live.stdout().contains("started").then_some(())
-    });
+    wait_for_ssh_start(&live, &conn.proc, &worker.proc);
     dev.wait_status(&conn.session_id, "active", Duration::from_secs(10));
     wait_for(
         "the connection to be recorded",
@@ -372,9 +372,7 @@ fn rotating_keys_keeps_live_sessions_and_issued_tokens_working() {
     let mut worker = WorkerProc::start(&setup, Some(&token), &[]);
     let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 3; echo finished"));
-    wait_for("ssh to start", Duration::from_secs(20), || {
-        live.stdout().contains("started").then_some(())
-    });
+    wait_for_ssh_start(&live, &conn.proc, &worker.proc);
     // Issued under the old key, not used yet.
     let out = dev.ok(&[
         "targets",
@@ -477,9 +475,7 @@ fn a_cancel_made_while_the_worker_link_is_down_is_applied_when_it_returns() {
     let mut worker = WorkerProc::start_via(&link.addr, Some(&token), &[]);
     let mut conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
     let mut live = Proc::spawn(sshd.ssh(conn.port, "echo started; sleep 60"));
-    wait_for("ssh to start", Duration::from_secs(20), || {
-        live.stdout().contains("started").then_some(())
-    });
+    wait_for_ssh_start(&live, &conn.proc, &worker.proc);
 
     // Both processes stay up; only the link between them goes down.
     link.cut();

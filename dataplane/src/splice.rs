@@ -315,10 +315,10 @@ mod tests {
         s.connect(addr).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn keeps_reading_while_the_destination_is_blocked_and_loses_nothing() {
-        // client -> a | proxy | b -> target, every socket with 16 KiB buffers (32 KiB after
-        // the kernel doubles them), and the target reads nothing at first.
+    /// client -> a | one_way | b -> target, every socket with small buffers. Returns the
+    /// client's and the target's ends and the relay's task, which yields the bytes it moved.
+    async fn one_way_through_small_buffers() -> (TcpStream, TcpStream, tokio::task::JoinHandle<u64>)
+    {
         let front = small_listener();
         let back = small_listener();
         let (faddr, baddr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
@@ -329,8 +329,16 @@ mod tests {
             one_way(&a, &b, &n).await.unwrap();
             n.into_inner()
         });
-        let mut client = small_connect(faddr).await;
-        let (mut target, _) = back.accept().await.unwrap();
+        let client = small_connect(faddr).await;
+        let (target, _) = back.accept().await.unwrap();
+        (client, target, proxy)
+    }
+
+    #[tokio::test]
+    async fn keeps_reading_while_the_destination_is_blocked_and_loses_nothing() {
+        // client -> a | proxy | b -> target, every socket with 16 KiB buffers (32 KiB after
+        // the kernel doubles them), and the target reads nothing at first.
+        let (mut client, mut target, proxy) = one_way_through_small_buffers().await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
         // Write until nothing more is taken for 500 ms.
         let mut sent = 0;
@@ -368,19 +376,8 @@ mod tests {
     /// switch between the two paths many times, and every byte must arrive once, in order.
     #[tokio::test]
     async fn small_and_large_writes_mixed_arrive_in_order_while_the_destination_waits() {
-        let front = small_listener();
-        let back = small_listener();
-        let (faddr, baddr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
-        let proxy = tokio::spawn(async move {
-            let (a, _) = front.accept().await.unwrap();
-            let b = small_connect(baddr).await;
-            let n = AtomicU64::new(0);
-            one_way(&a, &b, &n).await.unwrap();
-            n.into_inner()
-        });
-        let mut client = small_connect(faddr).await;
+        let (mut client, mut target, proxy) = one_way_through_small_buffers().await;
         client.set_nodelay(true).unwrap();
-        let (mut target, _) = back.accept().await.unwrap();
         let mut data = Vec::new();
         let mut pieces = Vec::new();
         for i in 0..400usize {

@@ -13,9 +13,10 @@
 //! - Each turn of the poll gives the core away (`sched_yield`) if anything else is waiting to
 //!   run on it, so the poller does not keep the target or the client off a shared core.
 //!
-//! HAProxy's `busy-polling` is the same idea for a whole process, always on. The window is per
-//! worker thread (each runs its own runtime). The polling is done by a task that yields: with
-//! a task ready to run, Tokio polls its I/O driver with a zero timeout instead of sleeping.
+//! HAProxy's `busy-polling` (off by default) is the same idea for a whole process, with no
+//! window. Here the window is per worker thread (each runs its own runtime). The polling is done
+//! by a task that yields: with a task ready to run, Tokio polls its I/O driver with a zero
+//! timeout instead of sleeping.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@
 //! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
 //! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
 //! docs/testing.md), `SLUICE_LOAD_READ_AHEAD` the worker's `read_ahead_budget_bytes`,
+//! `SLUICE_LOAD_BUSY_POLL` its `busy_poll_us`,
 //! `SLUICE_LOAD_ROUND_SECS` how long a round may take before the test prints
 //! what is stuck (streams, `ss`, drop counters, logs) and fails.
 
@@ -223,10 +224,13 @@ impl Bench {
             Some(&token),
             &[],
             &format!(
-                "[worker]\nallow_plaintext = true\ntcp_buffer_bytes = {}\n{}",
+                "[worker]\nallow_plaintext = true\ntcp_buffer_bytes = {}\n{}{}",
                 env_or("SLUICE_LOAD_WORKER_BUF", 0),
                 std::env::var("SLUICE_LOAD_READ_AHEAD")
                     .map(|b| format!("read_ahead_budget_bytes = {b}\n"))
+                    .unwrap_or_default(),
+                std::env::var("SLUICE_LOAD_BUSY_POLL")
+                    .map(|us| format!("busy_poll_us = {us}\n"))
                     .unwrap_or_default()
             ),
         );

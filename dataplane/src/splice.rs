@@ -31,14 +31,16 @@ use tokio::net::TcpStream;
 /// Bytes a pipe holds (the kernel rounds to pages; 1 MiB is the unprivileged maximum).
 const PIPE_SIZE: usize = 1 << 20;
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
+/// A non-blocking pipe of `want` bytes and the bytes it holds. That is less where the
+/// kernel refuses to grow it: a user over `fs.pipe-user-pages-soft` even gets pipes of two
+/// pages (8 KiB) at first.
+fn pipe(want: usize) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-    let size = fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&w),
-        FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
-    )
-    .map(|s| s as usize)
-    .unwrap_or(64 * 1024);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let size = match fcntl(fd, FcntlArg::F_SETPIPE_SZ(want as i32)) {
+        Ok(s) => s as usize,
+        Err(_) => fcntl(fd, FcntlArg::F_GETPIPE_SZ).map(|s| s as usize)?,
+    };
     Ok((r, w, size))
 }
 
@@ -86,10 +88,14 @@ enum Small {
 /// copy than to hang on pipe pages, and a read that comes back short shows the source is
 /// empty, so its readiness is cleared without another call that answers EAGAIN. What the
 /// destination does not take at once goes into the (empty) pipe and is drained from there.
+///
+/// `limit` (at most [`SMALL_READ`]) is no more than the pipe holds, so what is queued always
+/// fits.
 fn copy_small(
     src: &TcpStream,
     dst: &TcpStream,
     pw: &OwnedFd,
+    limit: usize,
     count: &AtomicU64,
 ) -> std::io::Result<(Small, usize)> {
     use std::os::fd::AsRawFd;
@@ -99,10 +105,10 @@ fn copy_small(
         let read = src.try_io(Interest::READABLE, || {
             let n = nix::sys::socket::recv(
                 src.as_raw_fd(),
-                &mut buf[..],
+                &mut buf[..limit],
                 nix::sys::socket::MsgFlags::empty(),
             )?;
-            if n > 0 && n < SMALL_READ {
+            if n > 0 && n < limit {
                 // Drained: report "would block" so Tokio clears the readiness, as its own
                 // reads do after a short read on epoll.
                 short = Some(n);
@@ -135,7 +141,7 @@ fn copy_small(
         };
         count.fetch_add(sent as u64, Ordering::Relaxed);
         crate::spin::moved(sent);
-        // The pipe is empty and holds at least 64 KiB, so the rest fits.
+        // The pipe is empty and holds at least `limit` bytes, so the rest fits.
         let mut queued = sent;
         while queued < n {
             match nix::unistd::write(pw, &buf[queued..n]) {
@@ -154,7 +160,18 @@ pub(crate) async fn one_way(
     dst: &TcpStream,
     count: &AtomicU64,
 ) -> std::io::Result<()> {
-    let (pr, pw, size) = pipe()?;
+    one_way_through(src, dst, count, PIPE_SIZE).await
+}
+
+/// [`one_way`] through a pipe of `pipe_size` bytes (or what the kernel grants).
+async fn one_way_through(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &AtomicU64,
+    pipe_size: usize,
+) -> std::io::Result<()> {
+    let (pr, pw, size) = pipe(pipe_size)?;
+    let limit = SMALL_READ.min(size);
     let mut in_pipe = 0usize;
     let mut eof = false;
     // Whether reads go through the buffer (small transfers) or the pipe (bulk): a full buffer
@@ -165,14 +182,14 @@ pub(crate) async fn one_way(
         // Fill while the source has bytes and the pipe has room.
         let mut wait_src = false;
         if !eof && small && in_pipe == 0 {
-            match copy_small(src, dst, &pw, count)? {
+            match copy_small(src, dst, &pw, limit, count)? {
                 (Small::Read(0), _) => {
                     eof = true;
                     moved = true;
                 }
                 (Small::Read(n), queued) => {
                     in_pipe += queued;
-                    small = n < SMALL_READ;
+                    small = n < limit;
                     moved = true;
                 }
                 (Small::Empty, _) => wait_src = true,
@@ -192,7 +209,7 @@ pub(crate) async fn one_way(
                     moved = true;
                 }
                 Ok(Fill::Moved(n)) => {
-                    if in_pipe == 0 && n < SMALL_READ {
+                    if in_pipe == 0 && n < limit {
                         small = true;
                     }
                     in_pipe += n;
@@ -317,8 +334,9 @@ mod tests {
 
     /// client -> a | one_way | b -> target, every socket with small buffers. Returns the
     /// client's and the target's ends and the relay's task, which yields the bytes it moved.
-    async fn one_way_through_small_buffers() -> (TcpStream, TcpStream, tokio::task::JoinHandle<u64>)
-    {
+    async fn one_way_through_small_buffers(
+        pipe_size: usize,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<u64>) {
         let front = small_listener();
         let back = small_listener();
         let (faddr, baddr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
@@ -326,7 +344,7 @@ mod tests {
             let (a, _) = front.accept().await.unwrap();
             let b = small_connect(baddr).await;
             let n = AtomicU64::new(0);
-            one_way(&a, &b, &n).await.unwrap();
+            one_way_through(&a, &b, &n, pipe_size).await.unwrap();
             n.into_inner()
         });
         let client = small_connect(faddr).await;
@@ -338,7 +356,7 @@ mod tests {
     async fn keeps_reading_while_the_destination_is_blocked_and_loses_nothing() {
         // client -> a | proxy | b -> target, every socket with 16 KiB buffers (32 KiB after
         // the kernel doubles them), and the target reads nothing at first.
-        let (mut client, mut target, proxy) = one_way_through_small_buffers().await;
+        let (mut client, mut target, proxy) = one_way_through_small_buffers(PIPE_SIZE).await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
         // Write until nothing more is taken for 500 ms.
         let mut sent = 0;
@@ -376,7 +394,18 @@ mod tests {
     /// switch between the two paths many times, and every byte must arrive once, in order.
     #[tokio::test]
     async fn small_and_large_writes_mixed_arrive_in_order_while_the_destination_waits() {
-        let (mut client, mut target, proxy) = one_way_through_small_buffers().await;
+        mixed_writes_through(PIPE_SIZE).await;
+    }
+
+    /// The same through a one-page pipe, as a user over `fs.pipe-user-pages-soft` gets: a small
+    /// read must never be more than the pipe can queue behind a blocked destination.
+    #[tokio::test]
+    async fn mixed_writes_arrive_in_order_through_a_one_page_pipe() {
+        mixed_writes_through(4096).await;
+    }
+
+    async fn mixed_writes_through(pipe_size: usize) {
+        let (mut client, mut target, proxy) = one_way_through_small_buffers(pipe_size).await;
         client.set_nodelay(true).unwrap();
         let mut data = Vec::new();
         let mut pieces = Vec::new();

@@ -177,7 +177,11 @@ pub struct DevArgs {
     pub io_driver: sluice_dataplane::IoDriver,
     /// Microseconds a worker thread keeps polling instead of sleeping after relaying a small
     /// transfer, which cuts the latency it adds to interactive traffic (0: sleep at once)
-    #[arg(long, default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64)]
+    #[arg(
+        long,
+        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
+    )]
     pub busy_poll_us: u64,
 }
 
@@ -233,7 +237,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Overrides `busy_poll_us`: microseconds to keep polling after a small transfer
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US))]
     pub busy_poll_us: Option<u64>,
 }
 

@@ -37,6 +37,9 @@ use tracing::info;
 use crate::args::WorkerArgs;
 use crate::output::block;
 
+/// The longest busy-polling window a worker accepts, in microseconds (1 s).
+pub(crate) const MAX_BUSY_POLL_US: u64 = 1_000_000;
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct WorkerFile {
@@ -195,6 +198,14 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             .parse()
             .map_err(|e| anyhow::anyhow!("worker.io_driver in the configuration: {e}"))?,
     };
+    let busy_poll_us = a.busy_poll_us.unwrap_or(w.busy_poll_us);
+    if busy_poll_us > MAX_BUSY_POLL_US {
+        anyhow::bail!(
+            "worker.busy_poll_us in the configuration is {busy_poll_us}; it must be at most \
+             {MAX_BUSY_POLL_US} (1 s). It is how long a thread polls after a small transfer, \
+             in microseconds: 50 is the default, 0 turns polling off"
+        );
+    }
     let listen = a.proxy_addr.unwrap_or(cfg.listener.address);
     let listen: SocketAddr = listen
         .parse()
@@ -244,7 +255,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     config.tcp_buffer = (w.tcp_buffer_bytes > 0).then_some(w.tcp_buffer_bytes);
     config.read_ahead_budget = w.read_ahead_budget_bytes;
     config.io_driver = io_driver;
-    config.busy_poll = std::time::Duration::from_micros(a.busy_poll_us.unwrap_or(w.busy_poll_us));
+    config.busy_poll = std::time::Duration::from_micros(busy_poll_us);
     // The keys the controller sent last (kept on disk), until its welcome brings the current
     // set: a worker restarted while the controller is away still admits tokens.
     let kept = load_keys(&w.auth_storage_path);

@@ -70,6 +70,9 @@ pub(crate) async fn with_polling<F: std::future::Future>(length: Duration, fut: 
     if length.is_zero() {
         return fut.await;
     }
+    // The CLI refuses more than a second; a library caller's longer window is cut to that, so
+    // `Instant + length` cannot overflow.
+    let length = length.min(Duration::from_secs(1));
     // One per worker thread: leaked so that `moved` needs no reference counting.
     let window: &'static Window = Box::leak(Box::new(Window {
         length,

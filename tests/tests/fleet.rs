@@ -575,6 +575,14 @@ fn a_worker_takes_its_io_driver_threads_and_polling_from_its_configuration_and_r
     // A driver the worker does not know stops it before it starts, naming the setting.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("worker.toml");
+    std::fs::write(&cfg, "[worker]\nbusy_poll_us = 5000000\n").unwrap();
+    let out = dev.sluice(&["worker", "-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("worker.busy_poll_us in the configuration is 5000000"),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::write(&cfg, "[worker]\nio_driver = \"kqueue\"\n").unwrap();
     let out = dev.sluice(&["worker", "-config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

@@ -152,7 +152,6 @@ mod tests {
             // machine); well after it, polling has stopped.
             tokio::time::sleep(Duration::from_millis(60)).await;
             let after = turns().unwrap();
-            assert!(after >= during);
             tokio::time::sleep(Duration::from_millis(60)).await;
             assert_eq!(
                 turns(),

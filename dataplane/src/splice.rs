@@ -77,8 +77,8 @@ thread_local! {
 
 /// What [`copy_small`] did.
 enum Small {
-    /// Read this many bytes (0: end of stream) and wrote or queued them.
-    Read(usize),
+    /// Read `n` bytes (0: end of stream) and wrote them, but for `queued` put in the pipe.
+    Read { n: usize, queued: usize },
     /// The source had nothing.
     Empty,
 }
@@ -97,7 +97,7 @@ fn copy_small(
     pw: &OwnedFd,
     limit: usize,
     count: &AtomicU64,
-) -> std::io::Result<(Small, usize)> {
+) -> std::io::Result<Small> {
     use std::os::fd::AsRawFd;
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
@@ -120,12 +120,12 @@ fn copy_small(
             (_, Some(n)) => n,
             (Ok(n), None) => n,
             (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Ok((Small::Empty, 0))
+                return Ok(Small::Empty)
             }
             (Err(e), None) => return Err(e),
         };
         if n == 0 {
-            return Ok((Small::Read(0), 0));
+            return Ok(Small::Read { n, queued: 0 });
         }
         let sent = match dst.try_io(Interest::WRITABLE, || {
             nix::sys::socket::send(
@@ -150,7 +150,10 @@ fn copy_small(
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok((Small::Read(n), n - sent))
+        Ok(Small::Read {
+            n,
+            queued: n - sent,
+        })
     })
 }
 
@@ -183,16 +186,16 @@ async fn one_way_through(
         let mut wait_src = false;
         if !eof && small && in_pipe == 0 {
             match copy_small(src, dst, &pw, limit, count)? {
-                (Small::Read(0), _) => {
+                Small::Read { n: 0, .. } => {
                     eof = true;
                     moved = true;
                 }
-                (Small::Read(n), queued) => {
+                Small::Read { n, queued } => {
                     in_pipe += queued;
                     small = n < limit;
                     moved = true;
                 }
-                (Small::Empty, _) => wait_src = true,
+                Small::Empty => wait_src = true,
             }
         } else if !eof {
             match src.try_io(Interest::READABLE, || {

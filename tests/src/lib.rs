@@ -74,7 +74,17 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, failing the test after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or_explain(what, limit, f, String::new)
+}
+
+/// [`wait_for`], and on timeout the failure also carries what `explain` returns then.
+pub fn wait_for_or_explain<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -82,7 +92,8 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         }
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}{}",
+            explain()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -91,20 +102,21 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
 /// Waits up to 20 s for an ssh started with `echo started` to print it. On timeout the test
 /// fails with what ssh, `connect` and the worker wrote, so a failure says where it stopped.
 pub fn wait_for_ssh_start(ssh: &Proc, connect: &Proc, worker: &Proc) {
-    let start = Instant::now();
-    while !ssh.stdout().contains("started") {
-        if start.elapsed() > Duration::from_secs(20) {
-            panic!(
-                "timed out after 20s waiting for ssh to start\n--- ssh stderr:\n{}\n--- connect \
-                 stdout:\n{}\n--- connect stderr:\n{}\n--- worker stderr:\n{}",
+    wait_for_or_explain(
+        "ssh to start",
+        Duration::from_secs(20),
+        || ssh.stdout().contains("started").then_some(()),
+        || {
+            format!(
+                "\n--- ssh stderr:\n{}\n--- connect stdout:\n{}\n--- connect stderr:\n{}\n\
+                 --- worker stderr:\n{}",
                 ssh.stderr(),
                 connect.stdout(),
                 connect.stderr(),
                 worker.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            )
+        },
+    )
 }
 
 fn kill_gently(child: &mut Child) {

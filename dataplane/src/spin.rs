@@ -12,6 +12,10 @@
 //!   one window per small transfer.
 //! - Each turn of the poll gives the core away (`sched_yield`) if anything else is waiting to
 //!   run on it, so the poller does not keep the target or the client off a shared core.
+//! - Once another task has taken the core during the window (the yield handed it over, or the
+//!   kernel preempted the poller), or a turn took long, the window closes: polling then only
+//!   takes CPU from other processes, and a sleeping thread is woken ahead of them, while one
+//!   that yields waits for its turn.
 //!
 //! HAProxy's `busy-polling` (off by default) is the same idea for a whole process, with no
 //! window. Here the window is per worker thread (each runs its own runtime). The polling is done
@@ -32,10 +36,18 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_micros(50);
 const SMALL: usize = 16 * 1024;
 
 /// A turn of the poll longer than this closes the window. An idle turn takes ~3 µs and one
-/// that relays a message ~10–20 µs here. Under load from other processes, the yield gives the
-/// core away for a time slice. With 1,000 QUIC streams and a debug-built load client on the
-/// same two cores, polling without this limit halved the worker's throughput (docs/testing.md).
+/// that relays a message ~10–20 µs here; a longer one means the thread was busy anyway, or
+/// off its core while other processes ran.
 const LONG_TURN: Duration = Duration::from_micros(100);
+
+/// Involuntary context switches of the calling thread so far: the times the kernel gave its
+/// core to another task while it could have gone on running (its `sched_yield` handing the
+/// core over included). `None` if the kernel does not say.
+fn involuntary_switches() -> Option<i64> {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .ok()
+        .map(|usage| usage.involuntary_context_switches())
+}
 
 struct Window {
     /// How long to poll after a small transfer.
@@ -90,19 +102,24 @@ pub(crate) async fn with_polling<F: std::future::Future>(length: Duration, fut: 
     let poller = async {
         loop {
             window.wake.notified().await;
+            let switches = involuntary_switches();
             loop {
                 let turn = Instant::now();
+                // Counted as it starts, so a test sees the poll begin even if its own timer
+                // fires before the turn ends (a busy machine can hold the thread that long).
+                window.turns.set(window.turns.get() + 1);
                 // Gives the core to anything else that is ready to run on it; returns at once
                 // otherwise.
                 std::thread::yield_now();
                 // With this task ready again, Tokio polls for events without sleeping.
                 tokio::task::yield_now().await;
-                window.turns.set(window.turns.get() + 1);
                 let now = Instant::now();
-                // A turn this long means the thread was busy or off its core (other processes
-                // want it): polling then only takes CPU from them, and a thread that sleeps is
-                // woken ahead of them, while one that yields waits its turn.
-                let contended = now - turn > LONG_TURN;
+                // Another task took the core during the turn (the yield handed it over, or the
+                // kernel preempted this thread), or the turn was long: the thread was busy or
+                // off its core. Other processes want this core, and polling then only takes CPU
+                // from them; a thread that sleeps is woken ahead of them, while one that yields
+                // waits its turn.
+                let contended = now - turn > LONG_TURN || involuntary_switches() != switches;
                 match window.until.get() {
                     Some(until) if now < until && !contended => {}
                     _ => {
@@ -186,6 +203,50 @@ mod tests {
                 "polling stopped well before the window's end"
             );
         }));
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    }
+
+    #[test]
+    fn a_neighbour_that_wants_the_core_now_and_then_ends_the_window() {
+        let cpu = nix::sched::sched_getcpu().unwrap();
+        pin(cpu);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // On the same core, a thread that works for ~20 µs every ~200 µs, as a client or a
+        // target does: each burst is far shorter than LONG_TURN.
+        let neighbour = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                pin(cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        runtime().block_on(with_polling(Duration::from_secs(1), async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            moved(64);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let after = turns().unwrap();
+            assert!(after > 0, "a small transfer starts polling");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                turns(),
+                Some(after),
+                "polling stopped long before the 1 s window's end, for the neighbour's sake"
+            );
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        neighbour.join().unwrap();
     }
 
     #[test]

@@ -43,6 +43,19 @@ const ECHO_AHEAD_CHUNKS: usize = 16;
 /// worker's relays do: an echo that stops reading while its write waits can keep out the very
 /// acknowledgement that write waits for (the kernel rule in docs/testing.md), which once stalled
 /// a stream on the worker → target leg, in the test's echo and not in the worker.
+/// What the echo did on one connection, for the stall report: bytes read and written back,
+/// and whether each way has ended.
+#[derive(Default)]
+struct EchoConn {
+    read: AtomicU64,
+    written: AtomicU64,
+    read_ended: AtomicBool,
+    write_ended: AtomicBool,
+}
+
+/// Every connection the echo accepted in this process.
+static ECHO_CONNS: std::sync::Mutex<Vec<Arc<EchoConn>>> = std::sync::Mutex::new(Vec::new());
+
 async fn echo_server() -> u16 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -52,6 +65,9 @@ async fn echo_server() -> u16 {
         while let Ok((s, _)) = listener.accept().await {
             let (mut r, mut w) = s.into_split();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(ECHO_AHEAD_CHUNKS);
+            let conn = Arc::new(EchoConn::default());
+            ECHO_CONNS.lock().unwrap().push(conn.clone());
+            let reader = conn.clone();
             tokio::spawn(async move {
                 loop {
                     let mut buf = vec![0u8; 64 * 1024];
@@ -59,20 +75,25 @@ async fn echo_server() -> u16 {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             buf.truncate(n);
+                            reader.read.fetch_add(n as u64, Ordering::Relaxed);
                             if tx.send(buf).await.is_err() {
-                                return;
+                                break;
                             }
                         }
                     }
                 }
+                reader.read_ended.store(true, Ordering::Relaxed);
             });
             tokio::spawn(async move {
                 while let Some(chunk) = rx.recv().await {
                     if w.write_all(&chunk).await.is_err() {
-                        return;
+                        break;
                     }
+                    conn.written
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
                 let _ = w.shutdown().await;
+                conn.write_ended.store(true, Ordering::Relaxed);
             });
         }
     });
@@ -89,6 +110,29 @@ struct Round {
     session_id: String,
     /// The worker's highest resident memory seen during the round (sampled every 200 ms), KiB.
     peak_rss_kib: u64,
+    /// When each stream ended (checked or failed), from the round's start, in that order.
+    ended: Vec<Duration>,
+}
+
+impl Round {
+    /// When half, 90 %, 99 % and all of the streams had ended: a slow round whose last few
+    /// streams end long after the rest is waiting on them, not short of throughput.
+    fn ends(&self) -> String {
+        let at = |q: f64| {
+            let i = ((self.ended.len() as f64 * q).ceil() as usize).clamp(1, self.ended.len());
+            self.ended[i - 1].as_secs_f64()
+        };
+        if self.ended.is_empty() {
+            return "no stream ended".into();
+        }
+        format!(
+            "streams ended: half by {:.1} s, 90 % by {:.1} s, 99 % by {:.1} s, all by {:.1} s",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        )
+    }
 }
 
 /// Opens `streams` connections to `port` at once; each sends `bytes` of its own content
@@ -102,6 +146,7 @@ async fn round(
     pattern: Arc<Vec<u8>>,
     progress: Progress,
 ) -> Round {
+    let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..streams {
         let pattern = pattern.clone();
@@ -170,6 +215,7 @@ async fn round(
         ..Round::default()
     };
     while let Some(done) = tasks.join_next().await {
+        r.ended.push(start.elapsed());
         match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => r.failures.push(e),
@@ -381,6 +427,38 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
         progress.len(),
         stuck[..stuck.len().min(20)].join("\n")
     );
+    // Where the missing bytes are: not yet at the echo (the way there is stuck), or read by it
+    // and not written back.
+    let echo: Vec<String> = ECHO_CONNS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            !(c.read_ended.load(Ordering::Relaxed) && c.write_ended.load(Ordering::Relaxed))
+        })
+        .map(|c| {
+            format!(
+                "echo connection: read {}{}, written back {}{}",
+                c.read.load(Ordering::Relaxed),
+                if c.read_ended.load(Ordering::Relaxed) {
+                    " (ended)"
+                } else {
+                    ""
+                },
+                c.written.load(Ordering::Relaxed),
+                if c.write_ended.load(Ordering::Relaxed) {
+                    " (ended)"
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
+    println!(
+        "the echo has {} connections unfinished:\n{}",
+        echo.len(),
+        echo[..echo.len().min(20)].join("\n")
+    );
     let run = |cmd: &str, args: &[&str]| {
         std::process::Command::new(cmd)
             .args(args)
@@ -463,12 +541,13 @@ fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
         let gib = r.bytes_each_way as f64 / (1u64 << 30) as f64;
         println!(
             "{transport}: {} streams x {mb} MB, {gib:.1} GiB each way in {:.1} s ({:.0} MB/s each way); \
-             worker RSS {baseline} KiB before, {} KiB peak, {after} KiB after; {} failed",
+             worker RSS {baseline} KiB before, {} KiB peak, {after} KiB after; {} failed\n  {transport}: {}",
             r.streams,
             took.as_secs_f64(),
             r.bytes_each_way as f64 / 1e6 / took.as_secs_f64(),
             r.peak_rss_kib,
-            r.failures.len()
+            r.failures.len(),
+            r.ends()
         );
         assert!(
             r.failures.is_empty(),

@@ -273,7 +273,9 @@ impl ClientSession {
         let down = counts.quic_to_tcp.load(Ordering::Relaxed);
         match outcome {
             Outcome::Done => StreamEnd::Done(up, down),
-            Outcome::Failed(e) => StreamEnd::Failed(e),
+            // How far it got: the bytes quinn took from the client's socket and those written
+            // to it.
+            Outcome::Failed(e) => StreamEnd::Failed(format!("{e} ({up} bytes up, {down} down)")),
         }
     }
 

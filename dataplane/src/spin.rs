@@ -168,13 +168,11 @@ mod tests {
             // The window is 20 ms from the transfer (or less, if a turn was slow on a busy
             // machine); well after it, polling has stopped.
             tokio::time::sleep(Duration::from_millis(60)).await;
-            let after = turns().unwrap();
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            assert_eq!(
-                turns(),
-                Some(after),
-                "the thread sleeps once the window is over"
-            );
+            let after = assert_still_for(
+                Duration::from_millis(60),
+                "the thread sleeps once the window is over",
+            )
+            .await;
             // A later small transfer starts it again.
             moved(1);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -195,14 +193,20 @@ mod tests {
             // processes hold the core: the window (1 s) closes at once.
             std::thread::sleep(Duration::from_millis(2));
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let after = turns().unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(
-                turns(),
-                Some(after),
-                "polling stopped well before the window's end"
-            );
+            assert_still_for(
+                Duration::from_millis(50),
+                "polling stopped well before the window's end",
+            )
+            .await;
         }));
+    }
+
+    /// Asserts that no turn of the poll happens for `quiet`; returns the turns so far.
+    async fn assert_still_for(quiet: Duration, why: &str) -> u64 {
+        let before = turns().unwrap();
+        tokio::time::sleep(quiet).await;
+        assert_eq!(turns(), Some(before), "{why}");
+        before
     }
 
     /// Pins the calling thread to `cpu`.
@@ -236,14 +240,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             moved(64);
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let after = turns().unwrap();
-            assert!(after > 0, "a small transfer starts polling");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(
-                turns(),
-                Some(after),
-                "polling stopped long before the 1 s window's end, for the neighbour's sake"
-            );
+            assert!(turns().unwrap() > 0, "a small transfer starts polling");
+            assert_still_for(
+                Duration::from_millis(50),
+                "polling stopped long before the 1 s window's end, for the neighbour's sake",
+            )
+            .await;
         }));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         neighbour.join().unwrap();

@@ -373,11 +373,10 @@ impl Bench {
     /// closed one's reason and bytes (who ended a connection early shows here).
     /// The session's connections whose bytes up and down differ, with both counts.
     fn uneven_connections(&self, id: &str) -> String {
-        let out = self
-            .dev
-            .ok(&["sessions", "read", "-id", id, "-format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["item"]["connections"]
+        let Ok(item) = self.session(id) else {
+            return "(the session is unreadable)".into();
+        };
+        item["connections"]
             .as_array()
             .into_iter()
             .flatten()
@@ -395,15 +394,21 @@ impl Bench {
             .join("\n")
     }
 
-    fn session_summary(&self, id: &str) -> String {
+    /// The session as `sessions read -format json` gives it, or why it could not be read.
+    fn session(&self, id: &str) -> Result<serde_json::Value, String> {
         let out = self
             .dev
             .ok(&["sessions", "read", "-id", id, "-format", "json"]);
-        let v: serde_json::Value = match serde_json::from_str(&out) {
-            Ok(v) => v,
-            Err(e) => return format!("unreadable ({e}): {out}"),
+        serde_json::from_str::<serde_json::Value>(&out)
+            .map(|mut v| v["item"].take())
+            .map_err(|e| format!("unreadable ({e}): {out}"))
+    }
+
+    fn session_summary(&self, id: &str) -> String {
+        let item = match self.session(id) {
+            Ok(item) => item,
+            Err(e) => return e,
         };
-        let item = &v["item"];
         let mut tally = std::collections::BTreeMap::<String, usize>::new();
         for c in item["connections"].as_array().into_iter().flatten() {
             let short = c["bytes_down"].as_u64() != c["bytes_up"].as_u64();

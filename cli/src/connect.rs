@@ -176,6 +176,7 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    crate::dev::report_on_sigusr1()?;
     let termination = |msg: &str| {
         if json_mode {
             println!("{}", json!({"termination_reason": msg}));

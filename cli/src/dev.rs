@@ -229,6 +229,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let _ = std::io::stdout().flush();
 
     let shutdown = crate::dev::shutdown_signal()?;
+    report_on_sigusr1()?;
     axum::serve(
         listener,
         sluice_controlplane::api::router(controller.clone()),
@@ -247,6 +248,25 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     drop(controller);
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// On each SIGUSR1, prints to stderr what this process's QUIC connections and relays are
+/// doing (see `sluice_dataplane::diag`): where a connection that stopped moving holds its bytes.
+pub(crate) fn report_on_sigusr1() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sig = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while sig.recv().await.is_some() {
+            let mut out = String::new();
+            for line in sluice_dataplane::diag::report() {
+                out.push_str("sluice state: ");
+                out.push_str(&line);
+                out.push('\n');
+            }
+            eprint!("{out}");
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM (the signal handlers are installed now, so a signal that

@@ -306,6 +306,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    crate::dev::report_on_sigusr1()?;
     crate::dev::shutdown_signal()?.await;
     info!("shutting down");
     tokio::task::spawn_blocking(move || worker.shutdown()).await?;

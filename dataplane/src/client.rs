@@ -70,6 +70,7 @@ enum Inner {
         endpoint: quinn::Endpoint,
         // The control stream stays open for the life of the session.
         _control: (quinn::SendStream, quinn::RecvStream),
+        _probe: crate::diag::ConnProbe,
     },
     Stream {
         worker: SocketAddr,
@@ -209,6 +210,7 @@ impl ClientSession {
                 connections_left, ..
             } => Ok(Self {
                 inner: Inner::Quic {
+                    _probe: crate::diag::ConnProbe::new(&conn),
                     conn,
                     endpoint,
                     _control: (send, recv),
@@ -265,7 +267,16 @@ impl ClientSession {
                 Err(msg)
             }
         };
-        let outcome = relay_after(tcp, send, recv, Bytes::new(), &counts, Some(&mut answer)).await;
+        let outcome = relay_after(
+            tcp,
+            send,
+            recv,
+            Bytes::new(),
+            &counts,
+            conn.stable_id(),
+            Some(&mut answer),
+        )
+        .await;
         if let Some(end) = refused.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return end;
         }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod diag;
 pub mod net;
 mod pool;
 mod registry;

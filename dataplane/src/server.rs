@@ -432,6 +432,8 @@ async fn serve_session(
         return;
     }
     info!("client admitted");
+    let _probe = crate::diag::ConnProbe::new(&conn);
+    let conn_id = conn.stable_id();
     let remote = conn.remote_address().to_string();
     loop {
         tokio::select! {
@@ -441,7 +443,7 @@ async fn serve_session(
                     let config = config.clone();
                     let remote = remote.clone();
                     tokio::spawn(async move {
-                        handle_stream(session, config, send, recv, remote).await;
+                        handle_stream(session, config, send, recv, remote, conn_id).await;
                     }.in_current_span());
                 }
                 Err(e) => {
@@ -476,6 +478,7 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     client_addr: String,
+    conn_id: usize,
 ) {
     let mut buf = BytesMut::new();
     // No time limit here: the stream belongs to a connection that already presented a valid
@@ -531,7 +534,7 @@ async fn handle_stream(
     let started = Instant::now();
     let counts = Counts::default();
     let reason = tokio::select! {
-        outcome = relay(tcp, send, recv, buf.freeze(), &counts) => match outcome {
+        outcome = relay(tcp, send, recv, buf.freeze(), &counts, conn_id) => match outcome {
             Outcome::Done => ConnectionClosedReason::ClosedByEndUser,
             Outcome::Failed(e) => {
                 match session.ended() {

@@ -520,6 +520,19 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
         if pass == 1 {
             std::thread::sleep(Duration::from_secs(10));
         }
+        // SIGUSR1: `connect` and the worker print their QUIC connections' counters and the
+        // relays that have not moved for a second (what each side holds, and since when).
+        for (who, p) in [("connect", connect), ("the worker", worker)] {
+            let before = p.stderr().len();
+            let _ = run("kill", &["-USR1", &p.child.id().to_string()]);
+            std::thread::sleep(Duration::from_millis(500));
+            let log = p.stderr();
+            let state: Vec<&str> = log[before.min(log.len())..]
+                .lines()
+                .filter(|l| l.starts_with("sluice state: "))
+                .collect();
+            println!("{who}'s state, pass {pass}:\n{}", state.join("\n"));
+        }
         // -H: no header; -O: one line per socket, starting with its Recv-Q and Send-Q; -p: the
         // process that holds it (the test's client and echo, `connect`, or the worker).
         let ss = run("ss", &["-tnmiHOp", "state", "established"]);

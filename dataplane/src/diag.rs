@@ -168,7 +168,7 @@ pub fn report() -> Vec<String> {
             let mut l = String::new();
             let _ = write!(
                 l,
-                "relay on connection {} stream {}: up read {}{}, taken by quinn {}{} (last {:.1} s ago); down got from quinn {}, written {}{} (last {:.1} s ago)",
+                "relay on connection {} stream {}: socket to quinn: read {}{}, taken by quinn {}{} (last {:.1} s ago); quinn to socket: got {}, written {}{} (last {:.1} s ago)",
                 p.conn.load(Ordering::Relaxed),
                 p.stream.load(Ordering::Relaxed),
                 p.up_read.load(Ordering::Relaxed),

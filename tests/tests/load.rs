@@ -13,7 +13,8 @@
 //! which transports run, `SLUICE_LOAD_WORKER_BUF` the worker's `tcp_buffer_bytes` (0: kernel
 //! autotuning; with it, 1,000 × 10 MB over tcp stalls under TCP memory pressure, see
 //! docs/testing.md), `SLUICE_LOAD_READ_AHEAD` the worker's `read_ahead_budget_bytes`,
-//! `SLUICE_LOAD_BUSY_POLL` its `busy_poll_us`,
+//! `SLUICE_LOAD_BUSY_POLL` its `busy_poll_us`, `SLUICE_LOAD_CLIENT_SNDBUF` the send buffer of the
+//! test's client sockets (0: autotuning),
 //! `SLUICE_LOAD_ROUND_SECS` how long a round may take before the test prints
 //! what is stuck (streams, `ss`, drop counters, logs) and fails.
 
@@ -37,12 +38,6 @@ fn env_or(name: &str, default: usize) -> usize {
 /// Chunks the echo may hold read and not yet written back, per connection (64 KiB each).
 const ECHO_AHEAD_CHUNKS: usize = 16;
 
-/// An echo server on 127.0.0.1 in the test's runtime; returns its port.
-///
-/// It keeps reading while its write back waits, up to [`ECHO_AHEAD_CHUNKS`] × 64 KiB, as the
-/// worker's relays do: an echo that stops reading while its write waits can keep out the very
-/// acknowledgement that write waits for (the kernel rule in docs/testing.md), which once stalled
-/// a stream on the worker → target leg, in the test's echo and not in the worker.
 /// What the echo did on one connection, for the stall report: bytes read and written back,
 /// and whether each way has ended.
 #[derive(Default)]
@@ -56,6 +51,12 @@ struct EchoConn {
 /// Every connection the echo accepted in this process.
 static ECHO_CONNS: std::sync::Mutex<Vec<Arc<EchoConn>>> = std::sync::Mutex::new(Vec::new());
 
+/// An echo server on 127.0.0.1 in the test's runtime; returns its port.
+///
+/// It keeps reading while its write back waits, up to [`ECHO_AHEAD_CHUNKS`] × 64 KiB, as the
+/// worker's relays do: an echo that stops reading while its write waits can keep out the very
+/// acknowledgement that write waits for (the kernel rule in docs/testing.md), which once stalled
+/// a stream on the worker → target leg, in the test's echo and not in the worker.
 async fn echo_server() -> u16 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -110,6 +111,10 @@ struct Round {
     session_id: String,
     /// The worker's highest resident memory seen during the round (sampled every 200 ms), KiB.
     peak_rss_kib: u64,
+    /// The kernel's highest TCP memory seen during the round (all processes, sampled with the
+    /// RSS), and its pressure mark (`tcp_mem`'s middle value), in 4 KiB pages.
+    peak_tcp_pages: u64,
+    tcp_pressure_pages: u64,
     /// When each stream ended (checked or failed), from the round's start, in that order.
     ended: Vec<Duration>,
 }
@@ -138,6 +143,18 @@ impl Round {
 /// Opens `streams` connections to `port` at once; each sends `bytes` of its own content
 /// (a window into `pattern`) and reads the echo. Sent and received bytes are hashed and
 /// compared per stream.
+/// The send buffer the test's client asks for on each stream's socket (the kernel doubles it).
+///
+/// With autotuning, the client's 1,000 sockets queued 1.1 GB of a round's 2 GB upload at once
+/// (each grows to `tcp_wmem`'s 4 MiB maximum and a 2 MB stream fits whole), which with
+/// `connect`'s and the worker's queues took the kernel's TCP memory past `tcp_mem`'s pressure
+/// mark. Under pressure the kernel drops segments, and a BBR sender that lost many took the
+/// drops for a policer and paced itself at ~20 KB/s for tens of seconds: the round's "stall"
+/// (docs/testing.md; the policer reading is ours). That measures the test's client and the
+/// kernel, not Sluice, so the client keeps to 256 KiB. `SLUICE_LOAD_CLIENT_SNDBUF=0` brings
+/// autotuning back.
+const CLIENT_SNDBUF: usize = 256 * 1024;
+
 /// `progress` gets, per stream, the bytes sent and received so far, for the report on a stall.
 async fn round(
     port: u16,
@@ -148,12 +165,21 @@ async fn round(
 ) -> Round {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let client_sndbuf = env_or("SLUICE_LOAD_CLIENT_SNDBUF", CLIENT_SNDBUF) as u32;
     for i in 0..streams {
         let pattern = pattern.clone();
         let progress = progress.clone();
         tasks.spawn(async move {
             let [sent_so_far, got_so_far] = &progress[i];
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            let socket =
+                tokio::net::TcpSocket::new_v4().map_err(|e| format!("stream {i}: socket: {e}"))?;
+            if client_sndbuf > 0 {
+                socket
+                    .set_send_buffer_size(client_sndbuf)
+                    .map_err(|e| format!("stream {i}: SO_SNDBUF: {e}"))?;
+            }
+            let mut s = socket
+                .connect(([127, 0, 0, 1], port).into())
                 .await
                 .map_err(|e| format!("stream {i}: connect: {e}"))?;
             let (mut r, mut w) = s.split();
@@ -300,12 +326,13 @@ impl Bench {
         let sampler = {
             let done = done.clone();
             std::thread::spawn(move || {
-                let mut peak = 0;
+                let (mut peak, mut tcp) = (0, 0);
                 while !done.load(Ordering::Relaxed) {
                     peak = peak.max(rss_kib(pid));
+                    tcp = tcp.max(tcp_mem_pages());
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                peak
+                (peak, tcp)
             })
         };
         let start = Instant::now();
@@ -352,7 +379,12 @@ impl Bench {
         let mut r = joined.expect("the round's task does not panic");
         let took = start.elapsed();
         done.store(true, Ordering::Relaxed);
-        r.peak_rss_kib = sampler.join().expect("the memory sampler does not panic");
+        (r.peak_rss_kib, r.peak_tcp_pages) =
+            sampler.join().expect("the memory sampler does not panic");
+        r.tcp_pressure_pages = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
         r.session_id = conn.session_id.clone();
         if !r.failures.is_empty() {
             println!(
@@ -450,6 +482,19 @@ fn log_tail(p: &Proc) -> String {
 /// Bytes sent and received so far, per stream of a round.
 type Progress = Arc<Vec<[AtomicU64; 2]>>;
 
+/// The kernel's TCP memory in use, in pages (`/proc/net/sockstat`'s `TCP: ... mem N`).
+fn tcp_mem_pages() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+            let mut f = line.split_whitespace();
+            f.find(|w| *w == "mem")?;
+            f.next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn new_progress(streams: usize) -> Progress {
     Arc::new(
         (0..streams)
@@ -533,13 +578,15 @@ fn stall_report(progress: &[[AtomicU64; 2]], bytes: u64, connect: &Proc, worker:
                 .collect();
             println!("{who}'s state, pass {pass}:\n{}", state.join("\n"));
         }
-        // -H: no header; -O: one line per socket, starting with its Recv-Q and Send-Q; -p: the
-        // process that holds it (the test's client and echo, `connect`, or the worker).
-        let ss = run("ss", &["-tnmiHOp", "state", "established"]);
+        // -H: no header; -O: one line per socket, starting with its state, Recv-Q and Send-Q;
+        // -p: the process that holds it (the test's client and echo, `connect`, or the
+        // worker). "connected" takes every state but listening and closed: a client that has
+        // sent all its bytes and its FIN is in FIN-WAIT-1 while they wait in its send queue.
+        let ss = run("ss", &["-tnmiHOp", "state", "connected"]);
         let busy: Vec<&str> = ss
             .lines()
             .filter(|l| {
-                let mut f = l.split_whitespace();
+                let mut f = l.split_whitespace().skip(1);
                 matches!((f.next(), f.next()), (Some(r), Some(s)) if r != "0" || s != "0")
             })
             .collect();
@@ -604,13 +651,16 @@ fn streams_arrive_intact_and_worker_memory_returns_to_baseline() {
         let gib = r.bytes_each_way as f64 / (1u64 << 30) as f64;
         println!(
             "{transport}: {} streams x {mb} MB, {gib:.1} GiB each way in {:.1} s ({:.0} MB/s each way); \
-             worker RSS {baseline} KiB before, {} KiB peak, {after} KiB after; {} failed\n  {transport}: {}",
+             worker RSS {baseline} KiB before, {} KiB peak, {after} KiB after; {} failed\n  {transport}: {}\n  \
+             {transport}: kernel TCP memory peak {} pages (pressure at {})",
             r.streams,
             took.as_secs_f64(),
             r.bytes_each_way as f64 / 1e6 / took.as_secs_f64(),
             r.peak_rss_kib,
             r.failures.len(),
-            r.ends()
+            r.ends(),
+            r.peak_tcp_pages,
+            r.tcp_pressure_pages,
         );
         assert!(
             r.failures.is_empty(),

@@ -257,3 +257,59 @@ fn an_unreachable_target_is_refused_with_its_reason_over_every_transport() {
         );
     }
 }
+
+/// An operator whose connection has stopped moving sends SIGUSR1 to `connect` and to the
+/// worker: each prints its QUIC connection's counters and every relay idle for over a second,
+/// with its bytes each way, and keeps running.
+#[test]
+fn sigusr1_prints_the_quic_connection_and_its_idle_relay_on_both_ends() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &[]);
+    let conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
+    // sshd sends its banner and then waits for the client, which says nothing.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut banner = [0u8; 64];
+    let n = std::io::Read::read(&mut tcp, &mut banner).unwrap();
+    assert!(banner[..n].starts_with(b"SSH-"), "{:?}", &banner[..n]);
+    std::thread::sleep(Duration::from_millis(1500));
+    for (who, p) in [("connect", &conn.proc), ("the worker", &dev.proc)] {
+        let kill = std::process::Command::new("kill")
+            .args(["-USR1", &p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let state = wait_for(
+            &format!("{who}'s state report"),
+            Duration::from_secs(10),
+            || {
+                let log = p.stderr();
+                log.contains("sluice state: 1 relays live, 1 not moved for over a second")
+                    .then_some(log)
+            },
+        );
+        assert!(
+            state.contains("sluice state: quic connection "),
+            "{who}: {state}"
+        );
+        let relay = state
+            .lines()
+            .find(|l| l.starts_with("sluice state: relay on connection "))
+            .unwrap_or_else(|| panic!("{who}: no relay line in {state}"));
+        // `connect` wrote sshd's banner to its client; the worker read it from sshd.
+        let moved = if who == "connect" {
+            "socket to quinn: read 0, taken by quinn 0 (last".to_string()
+        } else {
+            format!("socket to quinn: read {n}, taken by quinn {n} (last")
+        };
+        assert!(relay.contains(&moved), "{who}: {relay}");
+        if who == "connect" {
+            assert!(relay.contains(&format!(", written {n} (last")), "{relay}");
+        }
+    }
+    // Both still relay: the client's bytes reach sshd, which answers a bad identification.
+    std::io::Write::write_all(&mut tcp, b"not ssh\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    assert!(!rest.is_empty(), "sshd's answer did not come back");
+}

@@ -287,6 +287,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let _ = std::io::stdout().flush();
 
     let shutdown = crate::dev::shutdown_signal()?;
+    // It relays nothing, but an operator who signals every sluice process must not end it.
+    crate::dev::report_on_sigusr1()?;
     let router = sluice_controlplane::api::router(controller.clone());
     match tls {
         Some(tls) => {

@@ -1,6 +1,7 @@
 //! The worker: per-core threads, each with its own QUIC endpoint on a shared `SO_REUSEPORT` port.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -417,6 +418,29 @@ pub(crate) fn arm_expiry(session: Arc<LiveSession>) {
     });
 }
 
+/// One stream of a session counted as open until dropped.
+struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Doubles a session's stream limit, up to [`crate::tls::MAX_STREAMS`], once more than half of
+/// it is open, so a client opening many connections at once waits at most a round trip for the
+/// next credit while a session with few pays for few (quinn allocates state for every stream
+/// the limit allows). Returns the limit now in force.
+fn raise_stream_limit(conn: &quinn::Connection, open: u32, limit: u32) -> u32 {
+    if open <= limit / 2 || limit >= crate::tls::MAX_STREAMS {
+        return limit;
+    }
+    let raised = (limit * 2).min(crate::tls::MAX_STREAMS);
+    conn.set_max_concurrent_bi_streams(raised.into());
+    debug!(open, limit = raised, "raised the session's stream limit");
+    raised
+}
+
 async fn serve_session(
     session: Arc<LiveSession>,
     config: Arc<WorkerConfig>,
@@ -435,15 +459,22 @@ async fn serve_session(
     let _probe = crate::diag::ConnProbe::new(&conn);
     let conn_id = conn.stable_id();
     let remote = conn.remote_address().to_string();
+    // Streams open now (the control stream is one), and the limit the client was given.
+    let open = Arc::new(AtomicU32::new(1));
+    let mut limit = crate::tls::INITIAL_STREAMS;
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
+                    let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+                    limit = raise_stream_limit(&conn, now_open, limit);
                     let session = session.clone();
                     let config = config.clone();
                     let remote = remote.clone();
+                    let open = OpenStream(open.clone());
                     tokio::spawn(async move {
                         handle_stream(session, config, send, recv, remote, conn_id).await;
+                        drop(open);
                     }.in_current_span());
                 }
                 Err(e) => {

@@ -34,11 +34,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// open stream, and a client that opens more simply waits for one to close.
 pub const MAX_STREAMS: u32 = 32_768;
 
-/// Transport settings shared by both ends: windows sized for loopback and LAN bandwidth-delay
-/// products, and an idle timeout that ends the sessions of a client that vanished.
-pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
+/// Streams a session may open before the worker raises its limit (doubling it, up to
+/// [`MAX_STREAMS`], as the session's open streams pass half of it; see `server.rs`).
+///
+/// quinn allocates state for every stream the peer may open when the limit is set: at
+/// [`MAX_STREAMS`] that was 2 × 32,768 hash-map entries (about 2 MB) and a few milliseconds of
+/// inserting and rehashing per connection, on both ends, before the first packet went out.
+pub const INITIAL_STREAMS: u32 = 256;
+
+/// Transport settings for one end: windows sized for loopback and LAN bandwidth-delay
+/// products, and an idle timeout that ends the sessions of a client that vanished. A client
+/// (`client`) sends keep-alives and accepts no streams (the worker never opens one); the
+/// worker starts at [`INITIAL_STREAMS`].
+pub fn transport_config(client: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
+    let streams = if client { 0 } else { INITIAL_STREAMS };
+    t.max_concurrent_bidi_streams(streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((8u32 << 20).into())
         .receive_window((32u32 << 20).into())
@@ -46,7 +57,7 @@ pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s is a valid idle timeout"),
         ));
-    if keep_alive {
+    if client {
         t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
     }
     t

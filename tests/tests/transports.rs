@@ -313,3 +313,58 @@ fn sigusr1_prints_the_quic_connection_and_its_idle_relay_on_both_ends() {
     let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
     assert!(!rest.is_empty(), "sshd's answer did not come back");
 }
+
+/// A session starts with room for 256 streams (quinn allocates state for every stream the
+/// limit allows), and the worker doubles the limit as half of it fills: 600 connections held
+/// open at once in one QUIC session must all reach the target and come back.
+#[test]
+fn one_quic_session_holds_more_connections_open_than_its_first_stream_limit() {
+    const CONNS: usize = 600;
+    let _ = rlimit::increase_nofile_limit(20_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let target = listener.local_addr().unwrap().port().to_string();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dev = Dev::start(&[
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        &target,
+    ]);
+    let conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
+    let port = conn.port;
+    let held = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut open = Vec::new();
+        for i in 0..CONNS {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(&[i as u8]).await.unwrap();
+            open.push(s);
+        }
+        // Every connection is still open; each gets its byte back.
+        let mut back = 0;
+        for (i, s) in open.iter_mut().enumerate() {
+            let mut b = [0u8];
+            match tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut b)).await {
+                Ok(Ok(_)) if b[0] == i as u8 => back += 1,
+                other => panic!("connection {i} of {CONNS}: {other:?}"),
+            }
+        }
+        back
+    });
+    assert_eq!(held, CONNS);
+}

@@ -252,7 +252,7 @@ impl ClientSession {
         if let Err(e) = send.write_all(&Frame::StreamOpen.to_vec()).await {
             return StreamEnd::Failed(e.to_string());
         }
-        let counts = Counts::default();
+        let counts = Arc::new(Counts::default());
         let refused = std::sync::Mutex::new(None);
         let mut on_accepted = Some(on_accepted);
         let mut answer = |frame: Frame| match self.accept_answer(frame, |left| {

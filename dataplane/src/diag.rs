@@ -2,102 +2,56 @@
 //! sends `sluice connect` or `sluice worker` SIGUSR1: a connection that has stopped moving
 //! shows which side holds its bytes (the socket, the relay, or quinn) and for how long.
 //!
-//! Relays and connections register themselves while they live; the byte path only updates
-//! a few relaxed atomics of its own.
+//! Relays and connections register themselves while they live; the report reads the relays'
+//! own [`Counts`], so the byte path does nothing for it beyond stamping when it last moved.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
+use crate::relay::Counts;
+
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 static NEXT: AtomicU64 = AtomicU64::new(1);
-static RELAYS: LazyLock<Mutex<HashMap<u64, Arc<Probe>>>> = LazyLock::new(Default::default);
+static RELAYS: LazyLock<Mutex<HashMap<u64, Relay>>> = LazyLock::new(Default::default);
 static CONNS: LazyLock<Mutex<HashMap<u64, quinn::Connection>>> = LazyLock::new(Default::default);
 
-fn now_ms() -> u64 {
+/// Milliseconds since the first call in this process: when a relay last moved bytes.
+pub(crate) fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// Bits of [`Probe::state`].
-pub(crate) mod state {
-    /// Bytes read from the socket wait for quinn to take them.
-    pub const UP_WAITS_QUIC: u64 = 1;
-    /// Reading ahead of a write quinn has not taken for a while.
-    pub const UP_READ_AHEAD: u64 = 2;
-    /// The socket's reader sent its end.
-    pub const UP_EOF: u64 = 4;
-    /// Everything up was handed to quinn and the stream finished.
-    pub const UP_DONE: u64 = 8;
-    /// Chunks from quinn wait for the socket to take them.
-    pub const DOWN_WAITS_SOCKET: u64 = 16;
-    /// The stream ended and the socket was shut down.
-    pub const DOWN_DONE: u64 = 32;
-}
-
-/// One relay's progress, updated by the relay as it moves bytes.
-#[derive(Default)]
-pub(crate) struct Probe {
-    conn: AtomicU64,
-    stream: AtomicU64,
-    up_read: AtomicU64,
-    up_taken: AtomicU64,
-    down_got: AtomicU64,
-    down_written: AtomicU64,
-    state: AtomicU64,
-    up_moved_ms: AtomicU64,
-    down_moved_ms: AtomicU64,
-}
-
-impl Probe {
-    pub(crate) fn up_read(&self, n: usize) {
-        self.up_read.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    pub(crate) fn up_taken(&self, n: usize) {
-        self.up_taken.fetch_add(n as u64, Ordering::Relaxed);
-        self.up_moved_ms.store(now_ms(), Ordering::Relaxed);
-    }
-    pub(crate) fn down_got(&self, n: usize) {
-        self.down_got.fetch_add(n as u64, Ordering::Relaxed);
-        self.down_moved_ms.store(now_ms(), Ordering::Relaxed);
-    }
-    pub(crate) fn down_written(&self, n: usize) {
-        self.down_written.fetch_add(n as u64, Ordering::Relaxed);
-        self.down_moved_ms.store(now_ms(), Ordering::Relaxed);
-    }
-    pub(crate) fn set(&self, bit: u64, on: bool) {
-        if on {
-            self.state.fetch_or(bit, Ordering::Relaxed);
-        } else {
-            self.state.fetch_and(!bit, Ordering::Relaxed);
-        }
-    }
+/// A live relay: its connection's `stable_id`, its stream's index, and its counts.
+struct Relay {
+    conn: usize,
+    stream: u64,
+    counts: Arc<Counts>,
 }
 
 /// A relay's registration; dropping it takes the relay out of the report.
-pub(crate) struct RelayProbe {
-    key: u64,
-    pub(crate) probe: Arc<Probe>,
-}
+pub(crate) struct RelayProbe(u64);
 
 impl RelayProbe {
-    pub(crate) fn new(conn: usize, stream: quinn::StreamId) -> Self {
-        let probe = Arc::new(Probe::default());
-        probe.conn.store(conn as u64, Ordering::Relaxed);
-        probe.stream.store(stream.index(), Ordering::Relaxed);
+    pub(crate) fn new(conn: usize, stream: quinn::StreamId, counts: &Arc<Counts>) -> Self {
         let now = now_ms();
-        probe.up_moved_ms.store(now, Ordering::Relaxed);
-        probe.down_moved_ms.store(now, Ordering::Relaxed);
+        counts.up_moved_ms.store(now, Ordering::Relaxed);
+        counts.down_moved_ms.store(now, Ordering::Relaxed);
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
-        lock(&RELAYS).insert(key, probe.clone());
-        Self { key, probe }
+        let relay = Relay {
+            conn,
+            stream: stream.index(),
+            counts: counts.clone(),
+        };
+        lock(&RELAYS).insert(key, relay);
+        Self(key)
     }
 }
 
 impl Drop for RelayProbe {
     fn drop(&mut self) {
-        lock(&RELAYS).remove(&self.key);
+        lock(&RELAYS).remove(&self.0);
     }
 }
 
@@ -153,37 +107,39 @@ pub fn report() -> Vec<String> {
         ));
     }
     let now = now_ms();
-    let probes: Vec<Arc<Probe>> = lock(&RELAYS).values().cloned().collect();
-    let total = probes.len();
-    let mut stalled: Vec<(u64, String)> = probes
+    let relays: Vec<(usize, u64, Arc<Counts>)> = lock(&RELAYS)
+        .values()
+        .map(|r| (r.conn, r.stream, r.counts.clone()))
+        .collect();
+    let total = relays.len();
+    let mut stalled: Vec<(u64, String)> = relays
         .iter()
-        .filter_map(|p| {
-            let st = p.state.load(Ordering::Relaxed);
-            let idle = |ms: &AtomicU64| now.saturating_sub(ms.load(Ordering::Relaxed));
-            let (up_idle, down_idle) = (idle(&p.up_moved_ms), idle(&p.down_moved_ms));
+        .filter_map(|(conn, stream, c)| {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let flag = |f: &AtomicBool| f.load(Ordering::Relaxed);
+            let (up_idle, down_idle) = (
+                now.saturating_sub(load(&c.up_moved_ms)),
+                now.saturating_sub(load(&c.down_moved_ms)),
+            );
             let longest = up_idle.min(down_idle);
             if longest < 1000 {
                 return None;
             }
+            let (read, taken) = (load(&c.read_from_tcp), load(&c.tcp_to_quic));
+            let (got, written) = (load(&c.got_from_quic), load(&c.quic_to_tcp));
             let mut l = String::new();
             let _ = write!(
                 l,
-                "relay on connection {} stream {}: socket to quinn: read {}{}, taken by quinn {}{} (last {:.1} s ago); quinn to socket: got {}, written {}{} (last {:.1} s ago)",
-                p.conn.load(Ordering::Relaxed),
-                p.stream.load(Ordering::Relaxed),
-                p.up_read.load(Ordering::Relaxed),
-                if st & state::UP_EOF != 0 { " (ended)" } else { "" },
-                p.up_taken.load(Ordering::Relaxed),
-                match (st & state::UP_DONE != 0, st & state::UP_WAITS_QUIC != 0, st & state::UP_READ_AHEAD != 0) {
+                "relay on connection {conn} stream {stream}: socket to quinn: read {read}{}, taken by quinn {taken}{} (last {:.1} s ago); quinn to socket: got {got}, written {written}{} (last {:.1} s ago)",
+                if flag(&c.tcp_ended) { " (ended)" } else { "" },
+                match (flag(&c.quic_finished), read > taken, flag(&c.reading_ahead)) {
                     (true, _, _) => " (finished)",
                     (_, true, true) => " (waits for quinn, reading ahead)",
                     (_, true, false) => " (waits for quinn)",
                     _ => "",
                 },
                 up_idle as f64 / 1000.0,
-                p.down_got.load(Ordering::Relaxed),
-                p.down_written.load(Ordering::Relaxed),
-                match (st & state::DOWN_DONE != 0, st & state::DOWN_WAITS_SOCKET != 0) {
+                match (flag(&c.tcp_shut_down), got > written) {
                     (true, _) => " (finished)",
                     (_, true) => " (waits for the socket)",
                     _ => "",

@@ -4,13 +4,14 @@
 //! into a buffer that is frozen and handed to quinn as an owned chunk. Neither direction copies
 //! in user space beyond the one read the socket API needs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::diag::{state, RelayProbe};
+use crate::diag::{now_ms, RelayProbe};
 use crate::pool::{AheadShare, StuckWrite, READ_AHEAD_MAX};
 
 /// Largest read handed to quinn as one chunk. 256 KiB measured ~15 % more throughput and ~15 %
@@ -19,13 +20,49 @@ const READ_CHUNK: usize = 256 * 1024;
 /// First read size: an interactive or idle connection never grows past it.
 const FIRST_READ: usize = 16 * 1024;
 
-/// Byte counts of a relay, readable while it runs and after it is dropped.
+/// Byte counts of a relay, readable while it runs and after it is dropped; the rest is what
+/// [`crate::diag::report`] shows of a relay that has stopped moving.
 #[derive(Debug, Default)]
 pub struct Counts {
     /// Bytes from the QUIC stream to the TCP socket.
     pub quic_to_tcp: AtomicU64,
-    /// Bytes from the TCP socket to the QUIC stream.
+    /// Bytes from the TCP socket to the QUIC stream (taken by quinn).
     pub tcp_to_quic: AtomicU64,
+    /// Bytes read from the socket; those beyond `tcp_to_quic` wait for quinn.
+    pub(crate) read_from_tcp: AtomicU64,
+    /// Bytes got from quinn for the socket; those beyond `quic_to_tcp` wait for the socket.
+    pub(crate) got_from_quic: AtomicU64,
+    /// Reading ahead of a write quinn has not taken for a while.
+    pub(crate) reading_ahead: AtomicBool,
+    /// The socket's reader sent its end.
+    pub(crate) tcp_ended: AtomicBool,
+    /// Everything up was handed to quinn and the stream finished.
+    pub(crate) quic_finished: AtomicBool,
+    /// The stream ended and the socket was shut down.
+    pub(crate) tcp_shut_down: AtomicBool,
+    /// When each way last moved ([`crate::diag::now_ms`]).
+    pub(crate) up_moved_ms: AtomicU64,
+    pub(crate) down_moved_ms: AtomicU64,
+}
+
+impl Counts {
+    fn taken_by_quic(&self, n: usize) {
+        self.tcp_to_quic.fetch_add(n as u64, Ordering::Relaxed);
+        self.up_moved_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn written_to_tcp(&self, n: usize) {
+        self.quic_to_tcp.fetch_add(n as u64, Ordering::Relaxed);
+        self.down_moved_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn read_from_tcp(&self, n: usize) {
+        self.read_from_tcp.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn got_from_quic(&self, n: usize) {
+        self.got_from_quic.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// How a relay ended.
@@ -79,7 +116,7 @@ pub async fn relay(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     early: Bytes,
-    counts: &Counts,
+    counts: &Arc<Counts>,
     conn: usize,
 ) -> Outcome {
     relay_after(tcp, send, recv, early, counts, conn, None).await
@@ -95,12 +132,11 @@ pub async fn relay_after(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     early: Bytes,
-    counts: &Counts,
+    counts: &Arc<Counts>,
     conn: usize,
     answer: Option<&mut (dyn FnMut(sluice_proto::frames::Frame) -> Result<(), String> + Send)>,
 ) -> Outcome {
-    let registered = RelayProbe::new(conn, send.id());
-    let probe = &*registered.probe;
+    let _registered = RelayProbe::new(conn, send.id(), counts);
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
     let to_tcp = async {
@@ -117,10 +153,7 @@ pub async fn relay_after(
                     Err(e) => return Err(format!("bad answer from worker: {e}")),
                 }
                 match recv.read_chunk(usize::MAX, true).await {
-                    Ok(Some(c)) => {
-                        probe.down_got(c.bytes.len());
-                        buf.extend_from_slice(&c.bytes)
-                    }
+                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
                     Ok(None) => return Err("worker closed the stream".into()),
                     Err(e) => return Err(format!("read from stream: {e}")),
                 }
@@ -129,15 +162,11 @@ pub async fn relay_after(
             early = buf.freeze();
         }
         if !early.is_empty() {
-            probe.set(state::DOWN_WAITS_SOCKET, true);
+            counts.got_from_quic(early.len());
             tw.write_all(&early)
                 .await
                 .map_err(|e| format!("write to socket: {e}"))?;
-            probe.set(state::DOWN_WAITS_SOCKET, false);
-            probe.down_written(early.len());
-            counts
-                .quic_to_tcp
-                .fetch_add(early.len() as u64, Ordering::Relaxed);
+            counts.written_to_tcp(early.len());
         }
         // quinn hands over one chunk per received packet (~1.2 KB); gathering up to 32 of them
         // into one writev cut the worker's CPU per GiB (one syscall per packet dominated).
@@ -146,19 +175,16 @@ pub async fn relay_after(
             match recv.read_chunks(&mut chunks).await {
                 Ok(Some(n)) => {
                     let len: usize = chunks[..n].iter().map(Bytes::len).sum();
-                    probe.down_got(len);
-                    probe.set(state::DOWN_WAITS_SOCKET, true);
+                    counts.got_from_quic(len);
                     write_all_vectored(&mut tw, &mut chunks[..n])
                         .await
                         .map_err(|e| format!("write to socket: {e}"))?;
-                    probe.set(state::DOWN_WAITS_SOCKET, false);
-                    probe.down_written(len);
-                    counts.quic_to_tcp.fetch_add(len as u64, Ordering::Relaxed);
+                    counts.written_to_tcp(len);
                     crate::spin::moved(len);
                 }
                 Ok(None) => {
                     let _ = tw.shutdown().await;
-                    probe.set(state::DOWN_DONE, true);
+                    counts.tcp_shut_down.store(true, Ordering::Relaxed);
                     return Ok::<_, String>(());
                 }
                 Err(e) => return Err(format!("read from stream: {e}")),
@@ -186,12 +212,11 @@ pub async fn relay_after(
                 read_ahead = false;
                 if eof {
                     let _ = send.finish();
-                    probe.set(state::UP_DONE, true);
+                    counts.quic_finished.store(true, Ordering::Relaxed);
                     return Ok::<_, String>(());
                 }
             }
-            probe.set(state::UP_WAITS_QUIC, !pending.is_empty());
-            probe.set(state::UP_READ_AHEAD, read_ahead);
+            counts.reading_ahead.store(read_ahead, Ordering::Relaxed);
             let mut may_read =
                 !eof && (pending.is_empty() || (read_ahead && queued < READ_AHEAD_MAX));
             // A read ahead of a stuck write is held against the process's budget; without room
@@ -214,10 +239,7 @@ pub async fn relay_after(
                     // Fully written chunks are left empty at the front.
                     pending.drain(..written.chunks);
                     queued -= written.bytes;
-                    counts
-                        .tcp_to_quic
-                        .fetch_add(written.bytes as u64, Ordering::Relaxed);
-                    probe.up_taken(written.bytes);
+                    counts.taken_by_quic(written.bytes);
                     crate::spin::moved(written.bytes);
                     stuck.moved();
                     read_ahead = false;
@@ -226,9 +248,9 @@ pub async fn relay_after(
                     let n = n.map_err(|e| format!("read from socket: {e}"))?;
                     if n == 0 {
                         eof = true;
-                        probe.set(state::UP_EOF, true);
+                        counts.tcp_ended.store(true, Ordering::Relaxed);
                     } else {
-                        probe.up_read(n);
+                        counts.read_from_tcp(n);
                         if n == room && want < READ_CHUNK {
                             want *= 2;
                         }

@@ -563,7 +563,7 @@ async fn handle_stream(
     }
     session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
     let started = Instant::now();
-    let counts = Counts::default();
+    let counts = Arc::new(Counts::default());
     let reason = tokio::select! {
         outcome = relay(tcp, send, recv, buf.freeze(), &counts, conn_id) => match outcome {
             Outcome::Done => ConnectionClosedReason::ClosedByEndUser,

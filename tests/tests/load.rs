@@ -351,15 +351,6 @@ impl Bench {
             .block_on(async { tokio::time::timeout(limit, handle).await });
         let Ok(joined) = finished else {
             stall_report(&progress, bytes as u64, &conn.proc, &self.worker.proc);
-            // Canceling closes the stuck connections, and the worker reports what each moved:
-            // set against the echo's counts above, that tells which hop holds the bytes.
-            self.dev
-                .ok(&["sessions", "cancel", "-id", &conn.session_id]);
-            std::thread::sleep(Duration::from_secs(3));
-            println!(
-                "after canceling, the connections whose bytes up and down differ (the worker's counts):\n{}",
-                self.uneven_connections(&conn.session_id)
-            );
             // With SLUICE_LOG=debug, `connect` logs each failed connection with the bytes quinn
             // took from the client and those it wrote back.
             let log = conn.proc.stderr();
@@ -401,31 +392,6 @@ impl Bench {
         (r, took)
     }
 
-    /// A session's status and how many of its connections are in each state, with each
-    /// closed one's reason and bytes (who ended a connection early shows here).
-    /// The session's connections whose bytes up and down differ, with both counts.
-    fn uneven_connections(&self, id: &str) -> String {
-        let Ok(item) = self.session(id) else {
-            return "(the session is unreadable)".into();
-        };
-        item["connections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["bytes_down"].as_u64() != c["bytes_up"].as_u64())
-            .map(|c| {
-                format!(
-                    "{} {}: up {}, down {}",
-                    c["connection_id"].as_str().unwrap_or("?"),
-                    c["closed_reason"].as_str().unwrap_or("-"),
-                    c["bytes_up"],
-                    c["bytes_down"]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// The session as `sessions read -format json` gives it, or why it could not be read.
     fn session(&self, id: &str) -> Result<serde_json::Value, String> {
         let out = self
@@ -436,6 +402,8 @@ impl Bench {
             .map_err(|e| format!("unreadable ({e}): {out}"))
     }
 
+    /// A session's status and how many of its connections are in each state, with each
+    /// closed one's reason and bytes (who ended a connection early shows here).
     fn session_summary(&self, id: &str) -> String {
         let item = match self.session(id) {
             Ok(item) => item,

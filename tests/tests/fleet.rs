@@ -204,6 +204,67 @@ fn a_controller_killed_mid_traffic_cuts_nothing_and_loses_nothing() {
     dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
 }
 
+/// SIGUSR1 to a separate `sluice worker` prints its QUIC connection and the relay that sits
+/// idle; to `sluice server`, which relays nothing, it says so. Neither process ends: the
+/// connection still relays and the API still answers.
+#[test]
+fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
+    let sshd = Sshd::start();
+    let setup = ServerSetup::new(sshd.port);
+    let dev = Dev::server(&setup);
+    let (_, token) = dev.create_worker("w1");
+    let worker = WorkerProc::start(&setup, Some(&token), &[]);
+    let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
+    // sshd sends its banner and then waits for the client, which says nothing.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut banner = [0u8; 64];
+    let n = std::io::Read::read(&mut tcp, &mut banner).unwrap();
+    assert!(banner[..n].starts_with(b"SSH-"), "{:?}", &banner[..n]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let usr1 = |p: &Proc| {
+        let kill = std::process::Command::new("kill")
+            .args(["-USR1", &p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    };
+    usr1(&worker.proc);
+    let state = wait_for("the worker's state report", Duration::from_secs(10), || {
+        let log = worker.proc.stderr();
+        log.contains("sluice state: 1 relays live, 1 not moved for over a second")
+            .then_some(log)
+    });
+    assert!(state.contains("sluice state: quic connection "), "{state}");
+    let relay = state
+        .lines()
+        .find(|l| l.starts_with("sluice state: relay on connection "))
+        .unwrap_or_else(|| panic!("no relay line in {state}"));
+    // The worker read sshd's banner and quinn took all of it.
+    assert!(
+        relay.contains(&format!(
+            "socket to quinn: read {n}, taken by quinn {n} (last"
+        )),
+        "{relay}"
+    );
+
+    usr1(&dev.proc);
+    let state = wait_for("the server's state report", Duration::from_secs(10), || {
+        let log = dev.proc.stderr();
+        log.contains("sluice state: 0 relays live").then_some(log)
+    });
+    assert!(!state.contains("sluice state: relay on"), "{state}");
+
+    // Both still run: the client's bytes reach sshd, which answers a bad identification, and
+    // the API still shows the session.
+    std::io::Write::write_all(&mut tcp, b"not ssh\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    assert!(!rest.is_empty(), "sshd's answer did not come back");
+    assert_eq!(dev.session_json(&conn.session_id)["status"], "active");
+}
+
 #[test]
 fn a_killed_worker_has_its_sessions_ended_with_system_error() {
     let sshd = Sshd::start();

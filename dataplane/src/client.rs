@@ -11,7 +11,7 @@ use sluice_proto::{AuthzToken, Refusal, RefusalKind, SignedToken, TerminationRea
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::relay::{relay_after, Counts, Outcome};
+use crate::relay::{relay_after, Counts, OnConnection, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How long the QUIC handshake and the token exchange may take.
@@ -71,6 +71,7 @@ enum Inner {
         // The control stream stays open for the life of the session.
         _control: (quinn::SendStream, quinn::RecvStream),
         _probe: crate::diag::ConnProbe,
+        gate: crate::gate::SendGate,
     },
     Stream {
         worker: SocketAddr,
@@ -214,6 +215,7 @@ impl ClientSession {
                     conn,
                     endpoint,
                     _control: (send, recv),
+                    gate: Default::default(),
                 },
                 claims,
                 connections_left: AtomicI32::new(connections_left),
@@ -239,8 +241,8 @@ impl ClientSession {
     /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
     /// connections left once the worker admits it.
     pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32) + Send) -> StreamEnd {
-        let conn = match &self.inner {
-            Inner::Quic { conn, .. } => conn,
+        let (conn, gate) = match &self.inner {
+            Inner::Quic { conn, gate, .. } => (conn, gate),
             Inner::Stream { .. } => return self.proxy_stream(tcp, on_accepted).await,
         };
         let (mut send, recv) = match conn.open_bi().await {
@@ -248,8 +250,9 @@ impl ClientSession {
             Err(e) => return StreamEnd::Failed(e.to_string()),
         };
         // The header goes out now and application bytes follow without waiting for the answer,
-        // so a new connection costs no extra round trip.
-        if let Err(e) = send.write_all(&Frame::StreamOpen.to_vec()).await {
+        // so a new connection costs no extra round trip. It goes ahead of bulk streams' bytes
+        // when the session's send credit is short (gate.rs).
+        if let Err(e) = gate.write_all(&mut send, &Frame::StreamOpen.to_vec()).await {
             return StreamEnd::Failed(e.to_string());
         }
         let counts = Arc::new(Counts::default());
@@ -273,7 +276,10 @@ impl ClientSession {
             recv,
             Bytes::new(),
             &counts,
-            conn.stable_id(),
+            OnConnection {
+                id: conn.stable_id(),
+                gate,
+            },
             Some(&mut answer),
         )
         .await;

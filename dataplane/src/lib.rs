@@ -13,6 +13,7 @@
 pub mod client;
 pub mod cluster;
 pub mod diag;
+mod gate;
 pub mod net;
 mod pool;
 mod registry;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::registry::{unix_now, Admitted, LiveSession, Registry};
-use crate::relay::{relay, Counts, Outcome};
+use crate::relay::{relay, Counts, OnConnection, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How a worker is set up.
@@ -462,6 +462,7 @@ async fn serve_session(
     // Streams open now (the control stream is one), and the limit the client was given.
     let open = Arc::new(AtomicU32::new(1));
     let mut limit = crate::tls::INITIAL_STREAMS;
+    let gate = Arc::new(crate::gate::SendGate::default());
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
@@ -472,8 +473,9 @@ async fn serve_session(
                     let config = config.clone();
                     let remote = remote.clone();
                     let open = OpenStream(open.clone());
+                    let gate = gate.clone();
                     tokio::spawn(async move {
-                        handle_stream(session, config, send, recv, remote, conn_id).await;
+                        handle_stream(session, config, send, recv, remote, conn_id, &gate).await;
                         drop(open);
                     }.in_current_span());
                 }
@@ -510,6 +512,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     client_addr: String,
     conn_id: usize,
+    gate: &crate::gate::SendGate,
 ) {
     let mut buf = BytesMut::new();
     // No time limit here: the stream belongs to a connection that already presented a valid
@@ -548,16 +551,11 @@ async fn handle_stream(
         Ok(dialed) => dialed,
         Err(message) => return refuse_stream(&session, send, recv, message).await,
     };
-    if send
-        .write_all(
-            &Frame::StreamAccepted {
-                connections_left: ticket.connections_left,
-            }
-            .to_vec(),
-        )
-        .await
-        .is_err()
-    {
+    let accepted = Frame::StreamAccepted {
+        connections_left: ticket.connections_left,
+    };
+    // The answer goes ahead of other streams' bulk bytes when the send credit is short.
+    if gate.write_all(&mut send, &accepted.to_vec()).await.is_err() {
         session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
         return;
     }
@@ -565,7 +563,7 @@ async fn handle_stream(
     let started = Instant::now();
     let counts = Arc::new(Counts::default());
     let reason = tokio::select! {
-        outcome = relay(tcp, send, recv, buf.freeze(), &counts, conn_id) => match outcome {
+        outcome = relay(tcp, send, recv, buf.freeze(), &counts, OnConnection { id: conn_id, gate }) => match outcome {
             Outcome::Done => ConnectionClosedReason::ClosedByEndUser,
             Outcome::Failed(e) => {
                 match session.ended() {

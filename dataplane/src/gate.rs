@@ -169,8 +169,6 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
     /// A QUIC connection on loopback whose receiving end (the worker's side) allows
     /// `window` bytes in flight on the whole connection and reads each stream slowly, so
     /// bulk writers keep the connection's credit used up.
@@ -185,28 +183,12 @@ mod tests {
         Arc<AtomicU64>,
         Arc<AtomicU64>,
     ) {
-        let id = sluice_controlplane::pki::generate_worker_identity(crate::tls::WORKER_SERVER_NAME)
-            .unwrap();
-        let ca = CertificateDer::from(id.ca_cert);
-        let chain = vec![CertificateDer::from(id.cert), ca.clone()];
-        let pk = PrivateKeyDer::Pkcs8(id.key.into());
-        let tls = crate::tls::rustls_server_config(chain, pk).unwrap();
-        let mut server_cfg = crate::tls::server_config(tls).unwrap();
         let mut tight = crate::tls::transport_config(false);
         tight
             .receive_window(window.into())
             .stream_receive_window((window / 4).into());
-        server_cfg.transport_config(Arc::new(tight));
-        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let client_cfg = crate::tls::client_config(crate::tls::fingerprint(&ca)).unwrap();
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_cfg);
-        let connecting = client
-            .connect(server.local_addr().unwrap(), crate::tls::WORKER_SERVER_NAME)
-            .unwrap();
-        let (c, s) = tokio::join!(connecting, async {
-            server.accept().await.unwrap().await.unwrap()
-        });
+        let (server, client, s, c) =
+            crate::tls::loopback_pair(tight, crate::tls::transport_config(true)).await;
         let bulk = Arc::new(AtomicU64::new(0));
         let probe_at = Arc::new(AtomicU64::new(u64::MAX));
         let (received, probed) = (bulk.clone(), probe_at.clone());
@@ -234,23 +216,21 @@ mod tests {
                 });
             }
         });
-        (server, client, c.unwrap(), bulk, probe_at)
+        (server, client, c, bulk, probe_at)
     }
 
-    /// 64 bulk streams keep a connection's 256 KiB of credit used up. A new stream's header,
-    /// written through the gate, reaches the other end before the bulk streams deliver
-    /// another two windows' worth; quinn alone let such a header wait for many windows.
-    #[tokio::test]
-    async fn a_small_write_goes_ahead_of_bulk_streams_that_keep_the_credit_used_up() {
-        const WINDOW: u32 = 256 * 1024;
-        let (_server, _client, conn, bulk, probe_at) = tight_pair(WINDOW).await;
-        let gate = Arc::new(SendGate::default());
+    /// `n` streams that write 64 KiB blocks through `gate` as bulk, for as long as they run.
+    async fn bulk_writers(
+        conn: &quinn::Connection,
+        gate: &Arc<SendGate>,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut writers = Vec::new();
-        for _ in 0..64 {
-            let (mut send, _recv) = conn.open_bi().await.unwrap();
+        for _ in 0..n {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
             let gate = gate.clone();
             writers.push(tokio::spawn(async move {
-                let _recv = _recv;
+                let _recv = recv;
                 let block = Bytes::from(vec![7u8; 64 * 1024]);
                 loop {
                     let mut chunks = [block.clone()];
@@ -266,6 +246,18 @@ mod tests {
                 }
             }));
         }
+        writers
+    }
+
+    /// 64 bulk streams keep a connection's 256 KiB of credit used up. A new stream's header,
+    /// written through the gate, reaches the other end before the bulk streams deliver
+    /// another two windows' worth; quinn alone let such a header wait for many windows.
+    #[tokio::test]
+    async fn a_small_write_goes_ahead_of_bulk_streams_that_keep_the_credit_used_up() {
+        const WINDOW: u32 = 256 * 1024;
+        let (_server, _client, conn, bulk, probe_at) = tight_pair(WINDOW).await;
+        let gate = Arc::new(SendGate::default());
+        let writers = bulk_writers(&conn, &gate, 64).await;
         // Let the bulk streams use up the credit.
         let start = std::time::Instant::now();
         while bulk.load(Ordering::Relaxed) < 4 * u64::from(WINDOW) {
@@ -330,27 +322,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut writers = Vec::new();
-        for _ in 0..4 {
-            let (mut send, recv) = conn.open_bi().await.unwrap();
-            let gate = gate.clone();
-            writers.push(tokio::spawn(async move {
-                let _recv = recv;
-                let block = Bytes::from(vec![7u8; 64 * 1024]);
-                loop {
-                    let mut chunks = [block.clone()];
-                    while !chunks[0].is_empty() {
-                        if gate
-                            .write_chunks(&mut send, &mut chunks, false)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }));
-        }
+        let writers = bulk_writers(&conn, &gate, 4).await;
         while bulk.load(Ordering::Relaxed) < 4 * u64::from(WINDOW) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),

@@ -302,8 +302,6 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
     /// Both ends of a QUIC connection on loopback. The client's stream receive window is 64 KiB,
     /// so quinn stops taking the relay's bytes soon after the client stops reading.
     async fn quic_pair() -> (
@@ -312,29 +310,11 @@ mod tests {
         quinn::Connection,
         quinn::Connection,
     ) {
-        let id = sluice_controlplane::pki::generate_worker_identity(crate::tls::WORKER_SERVER_NAME)
-            .unwrap();
-        let ca = CertificateDer::from(id.ca_cert);
-        let chain = vec![CertificateDer::from(id.cert), ca.clone()];
-        let pk = PrivateKeyDer::Pkcs8(id.key.into());
-        let tls = crate::tls::rustls_server_config(chain, pk).unwrap();
-        let server_cfg = crate::tls::server_config(tls).unwrap();
-        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut client_cfg = crate::tls::client_config(crate::tls::fingerprint(&ca)).unwrap();
         let mut small = crate::tls::transport_config(true);
         small
             .stream_receive_window((64u32 << 10).into())
             .receive_window((256u32 << 10).into());
-        client_cfg.transport_config(Arc::new(small));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_cfg);
-        let connecting = client
-            .connect(server.local_addr().unwrap(), crate::tls::WORKER_SERVER_NAME)
-            .unwrap();
-        let (c, s) = tokio::join!(connecting, async {
-            server.accept().await.unwrap().await.unwrap()
-        });
-        (server, client, s, c.unwrap())
+        crate::tls::loopback_pair(crate::tls::transport_config(false), small).await
     }
 
     /// A connected TCP pair on loopback with 16 KiB buffers (32 KiB after the kernel doubles

@@ -207,6 +207,39 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// A QUIC connection on loopback between a worker's endpoint and a client's, each with the
+/// given transport settings. Returns both endpoints (keep them alive), then the worker's side
+/// of the connection and the client's.
+#[cfg(test)]
+pub(crate) async fn loopback_pair(
+    worker: quinn::TransportConfig,
+    client: quinn::TransportConfig,
+) -> (
+    quinn::Endpoint,
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Connection,
+) {
+    let id = sluice_controlplane::pki::generate_worker_identity(WORKER_SERVER_NAME).unwrap();
+    let ca = CertificateDer::from(id.ca_cert);
+    let chain = vec![CertificateDer::from(id.cert), ca.clone()];
+    let pk = PrivateKeyDer::Pkcs8(id.key.into());
+    let mut server_cfg = server_config(rustls_server_config(chain, pk).unwrap()).unwrap();
+    server_cfg.transport_config(Arc::new(worker));
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client_cfg = client_config(fingerprint(&ca)).unwrap();
+    client_cfg.transport_config(Arc::new(client));
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_cfg);
+    let connecting = client
+        .connect(server.local_addr().unwrap(), WORKER_SERVER_NAME)
+        .unwrap();
+    let (c, s) = tokio::join!(connecting, async {
+        server.accept().await.unwrap().await.unwrap()
+    });
+    (server, client, s, c.unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -926,3 +926,24 @@ pub fn http_request(
         .to_owned();
     Ok((status, body))
 }
+
+/// Opens a connection to sshd through `port` and reads its banner; sshd then waits for the
+/// client, which says nothing, so the relay sits idle. Returns the connection and the banner's
+/// length.
+pub fn idle_ssh_connection(port: u16) -> (std::net::TcpStream, usize) {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut banner = [0u8; 64];
+    let n = std::io::Read::read(&mut tcp, &mut banner).unwrap();
+    assert!(banner[..n].starts_with(b"SSH-"), "{:?}", &banner[..n]);
+    (tcp, n)
+}
+
+/// Sends SIGUSR1 (the state report) to `p`.
+pub fn sigusr1(p: &Proc) {
+    let kill = std::process::Command::new("kill")
+        .args(["-USR1", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}

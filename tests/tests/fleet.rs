@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use sluice_e2e::{
-    text, wait_for, wait_for_ssh_start, Connect, Cuttable, Dev, Proc, ServerSetup, Sshd, WorkerProc,
+    idle_ssh_connection, sigusr1, text, wait_for, wait_for_ssh_start, Connect, Cuttable, Dev, Proc,
+    ServerSetup, Sshd, WorkerProc,
 };
 
 const TARGET: &str = "ttcp_1234567890";
@@ -215,22 +216,10 @@ fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
     let (_, token) = dev.create_worker("w1");
     let worker = WorkerProc::start(&setup, Some(&token), &[]);
     let conn = Connect::start(&dev, &["connect", "-target-id", TARGET]);
-    // sshd sends its banner and then waits for the client, which says nothing.
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut banner = [0u8; 64];
-    let n = std::io::Read::read(&mut tcp, &mut banner).unwrap();
-    assert!(banner[..n].starts_with(b"SSH-"), "{:?}", &banner[..n]);
+    let (mut tcp, n) = idle_ssh_connection(conn.port);
     std::thread::sleep(Duration::from_millis(1500));
 
-    let usr1 = |p: &Proc| {
-        let kill = std::process::Command::new("kill")
-            .args(["-USR1", &p.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-    };
-    usr1(&worker.proc);
+    sigusr1(&worker.proc);
     let state = wait_for("the worker's state report", Duration::from_secs(10), || {
         let log = worker.proc.stderr();
         log.contains("sluice state: 1 relays live, 1 not moved for over a second")
@@ -249,7 +238,7 @@ fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
         "{relay}"
     );
 
-    usr1(&dev.proc);
+    sigusr1(&dev.proc);
     let state = wait_for("the server's state report", Duration::from_secs(10), || {
         let log = dev.proc.stderr();
         log.contains("sluice state: 0 relays live").then_some(log)

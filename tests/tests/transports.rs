@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_e2e::{text, wait_for, Connect, Dev, Proc, Sshd};
+use sluice_e2e::{idle_ssh_connection, sigusr1, text, wait_for, Connect, Dev, Proc, Sshd};
 
 fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::process::Output {
     let mut args = vec![
@@ -266,19 +266,10 @@ fn sigusr1_prints_the_quic_connection_and_its_idle_relay_on_both_ends() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &[]);
     let conn = Connect::start(&dev, &["connect", "-target-id", "ttcp_1234567890"]);
-    // sshd sends its banner and then waits for the client, which says nothing.
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut banner = [0u8; 64];
-    let n = std::io::Read::read(&mut tcp, &mut banner).unwrap();
-    assert!(banner[..n].starts_with(b"SSH-"), "{:?}", &banner[..n]);
+    let (mut tcp, n) = idle_ssh_connection(conn.port);
     std::thread::sleep(Duration::from_millis(1500));
     for (who, p) in [("connect", &conn.proc), ("the worker", &dev.proc)] {
-        let kill = std::process::Command::new("kill")
-            .args(["-USR1", &p.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        sigusr1(p);
         let state = wait_for(
             &format!("{who}'s state report"),
             Duration::from_secs(10),

@@ -246,13 +246,14 @@ pub async fn relay_after(
                 buf.reserve(want);
             }
             let room = buf.capacity();
+            // Small goes first (gate.rs), but not once quinn has taken nothing for a while:
+            // then the stream waits on its own window, and each read ahead would otherwise
+            // renew its claim and hold the session's bulk streams back again.
+            let small = !read_ahead && !from_bulk_read && queued <= SMALL_WRITE;
             tokio::select! {
                 biased;
-                written = conn.gate.write_chunks(
-                    &mut send,
-                    &mut pending,
-                    !from_bulk_read && queued <= SMALL_WRITE,
-                ), if !pending.is_empty() => {
+                written = conn.gate.write_chunks(&mut send, &mut pending, small),
+                    if !pending.is_empty() => {
                     let written = written.map_err(|e| format!("write to stream: {e}"))?;
                     // Fully written chunks are left empty at the front.
                     pending.drain(..written.chunks);

@@ -467,4 +467,70 @@ mod tests {
         let report = crate::diag::report();
         assert!(!report.iter().any(|l| l.starts_with(&name)), "{report:#?}");
     }
+
+    /// A relay whose QUIC stream stopped taking bytes (the client reads nothing) has a small
+    /// write waiting, and claims the connection's gate for it. Once it reads ahead, its writes
+    /// count as bulk: a trickle of small input must not renew that claim with every read and
+    /// keep holding the session's bulk streams back.
+    #[tokio::test]
+    async fn a_relay_reading_ahead_of_its_stuck_stream_claims_nothing_on_the_gate() {
+        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
+        crate::pool::set_read_ahead_budget(crate::pool::DEFAULT_READ_AHEAD_BUDGET);
+        let (_server, _client, worker_side, client_side) = quic_pair().await;
+        let (mut c_send, _c_recv) = client_side.open_bi().await.unwrap();
+        c_send.write_all(b"x").await.unwrap();
+        let (send, recv) = worker_side.accept_bi().await.unwrap();
+        let (mut app, tcp) = small_tcp_pair().await;
+        let counts = Arc::new(Counts::default());
+        let gate = Arc::new(SendGate::default());
+        let relay = {
+            let (counts, gate) = (counts.clone(), gate.clone());
+            tokio::spawn(async move {
+                let conn = OnConnection { id: 0, gate: &gate };
+                relay(tcp, send, recv, Bytes::new(), &counts, conn).await
+            })
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let waits = || load(&counts.read_from_tcp) > load(&counts.tcp_to_quic);
+        // Keystroke-sized pieces until quinn stops taking them (the client's stream window is
+        // full): a piece then waits in the relay, twice in a row 20 ms apart.
+        let start = std::time::Instant::now();
+        loop {
+            app.write_all(&[7u8; 1024]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if waits() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if waits() {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "quinn kept taking"
+            );
+        }
+        assert_eq!(
+            gate.small_waiting(),
+            1,
+            "the stuck small write made no claim"
+        );
+        while !counts.reading_ahead.load(Ordering::Relaxed) {
+            assert!(start.elapsed() < Duration::from_secs(15), "no read-ahead");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // More small input arrives and is read ahead.
+        let read = load(&counts.read_from_tcp);
+        app.write_all(&[7u8; 1024]).await.unwrap();
+        while load(&counts.read_from_tcp) == read {
+            assert!(start.elapsed() < Duration::from_secs(20), "not read ahead");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            gate.small_waiting(),
+            0,
+            "a relay reading ahead still claims the gate"
+        );
+        relay.abort();
+    }
 }

@@ -150,13 +150,8 @@ impl ClientSession {
             reason,
         };
         let socket = crate::net::bind_udp(bind, false).map_err(|e| unreachable(e.to_string()))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
+        let mut endpoint =
+            crate::udp::endpoint(socket, None).map_err(|e| unreachable(e.to_string()))?;
         endpoint.set_default_client_config(
             crate::tls::client_config(claims.ca_fingerprint)
                 .map_err(|e| unreachable(e.to_string()))?,

@@ -94,9 +94,10 @@ pub fn report() -> Vec<String> {
             )
         };
         lines.push(format!(
-            "quic connection {id} with {}: rtt {:?} cwnd {} sent {} packets, lost {} ({} bytes), {} congestion events; frames sent: {}; frames received: {}",
+            "quic connection {id} with {}: rtt {:?} mtu {} cwnd {} sent {} packets, lost {} ({} bytes), {} congestion events; frames sent: {}; frames received: {}",
             c.remote_address(),
             s.path.rtt,
+            s.path.current_mtu,
             s.path.cwnd,
             s.path.sent_packets,
             s.path.lost_packets,

@@ -24,6 +24,7 @@ mod splice;
 mod stream_transport;
 pub mod tls;
 mod trim;
+mod udp;
 mod uring;
 
 pub use pool::DEFAULT_READ_AHEAD_BUDGET;

@@ -283,12 +283,7 @@ async fn serve(
             return;
         }
     };
-    let endpoint = match quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    ) {
+    let endpoint = match crate::udp::endpoint(socket, Some(server_config)) {
         Ok(e) => e,
         Err(e) => {
             warn!(error = %e, "could not start QUIC endpoint");

@@ -63,6 +63,12 @@ pub fn transport_config(client: bool) -> quinn::TransportConfig {
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s is a valid idle timeout"),
         ));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(crate::udp::MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(crate::udp::INITIAL_WINDOW);
+    t.congestion_controller_factory(Arc::new(cubic));
     if client {
         t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
     }
@@ -232,10 +238,11 @@ pub(crate) async fn loopback_pair(
     let pk = PrivateKeyDer::Pkcs8(id.key.into());
     let mut server_cfg = server_config(rustls_server_config(chain, pk).unwrap()).unwrap();
     server_cfg.transport_config(Arc::new(worker));
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+    let server = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
     let mut client_cfg = client_config(fingerprint(&ca)).unwrap();
     client_cfg.transport_config(Arc::new(client));
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client = crate::udp::endpoint(bind(), None).unwrap();
     client.set_default_client_config(client_cfg);
     let connecting = client
         .connect(server.local_addr().unwrap(), WORKER_SERVER_NAME)

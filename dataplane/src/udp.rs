@@ -1,0 +1,227 @@
+//! QUIC endpoints over UDP sockets that may carry datagrams larger than Ethernet's.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+/// Largest UDP payload one `sendmsg` may carry, segmented or not (IPv4: 65,535 less the IP and
+/// UDP headers).
+const MAX_SEND: usize = 65_507;
+
+/// The largest UDP payload Sluice's QUIC sends and accepts, and the ceiling of quinn's path MTU
+/// discovery. quinn's default, 1452, fits Ethernet. Discovery climbs only as far as the path
+/// carries, so an Ethernet path still ends at 1452, a jumbo-frame one near 9,000 and loopback
+/// here. On loopback 16 KiB moved a bulk copy at 1.5-1.7x the rate of 1452 for about half the
+/// CPU per GiB (docs/design.md, "Measured choices").
+pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
+
+/// quinn's congestion window before the first acknowledgement, in bytes (quinn's default is
+/// 14,720). quinn 0.11 does not send a connection's close while the window is used up (quinn
+/// issue 2785, fixed upstream after 0.11.19), and an MTU probe counts against it: with probes
+/// of up to [`MAX_UDP_PAYLOAD`], a worker refusing a token right after the handshake had
+/// 12.6 KB of probe in flight, its close never left, and the client saw a stateless reset
+/// ("reset by peer", 18 of 40 forged tokens) instead of the refusal. This leaves room for a
+/// probe, a full datagram and the packet being built. quinn paces the window out over a round
+/// trip, so a new connection on an Ethernet path does not send it as one burst.
+pub const INITIAL_WINDOW: u64 = 64 * 1024;
+
+/// A QUIC endpoint on `socket` (bound with [`crate::net::bind_udp`]) that accepts datagrams up
+/// to [`MAX_UDP_PAYLOAD`] and never hands the kernel a send it must refuse.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(io::Error::other)?;
+    quinn::Endpoint::new_with_abstract_socket(
+        config,
+        server,
+        Arc::new(SplitSends { inner }),
+        runtime,
+    )
+}
+
+/// Sends a segmented transmit that is over [`MAX_SEND`] in several `sendmsg` calls.
+///
+/// quinn puts up to 10 datagrams of the path's MTU into one transmit. With datagrams over
+/// 6.5 KB that is more than one `sendmsg` may carry; the kernel refuses it (EMSGSIZE) and
+/// quinn-udp drops it without a word (quinn issue 2201, open), so every such transmit was lost.
+/// That is why a larger MTU measured slower here before (docs/design.md). When the socket
+/// fills between two parts, quinn sends the whole transmit again later: the peer discards the
+/// repeated packets by number, which costs bytes but loses nothing.
+struct SplitSends {
+    inner: Arc<dyn AsyncUdpSocket>,
+}
+
+impl fmt::Debug for SplitSends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl AsyncUdpSocket for SplitSends {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let Some(segment) = transmit
+            .segment_size
+            .filter(|_| transmit.contents.len() > MAX_SEND)
+        else {
+            return self.inner.try_send(transmit);
+        };
+        let per_send = (MAX_SEND / segment).max(1) * segment;
+        for part in transmit.contents.chunks(per_send) {
+            self.inner.try_send(&Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: part,
+                segment_size: (part.len() > segment).then_some(segment),
+                src_ip: transmit.src_ip,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::Runtime;
+    use std::time::Duration;
+
+    /// Ten 9,000-byte datagrams in one segmented transmit are 90,000 bytes, more than one
+    /// `sendmsg` may carry: sent as they are, the kernel refuses all ten (and quinn-udp drops
+    /// them without a word); through `SplitSends` all ten arrive, whole and in order.
+    #[tokio::test]
+    async fn a_segmented_send_larger_than_one_sendmsg_arrives_whole() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let sender = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let inner = quinn::TokioRuntime.wrap_udp_socket(sender).unwrap();
+        assert!(
+            inner.max_transmit_segments() >= 10,
+            "this test needs UDP segmentation offload on loopback"
+        );
+        let contents: Vec<u8> = (0..10u8).flat_map(|i| [i; 9_000]).collect();
+        let transmit = Transmit {
+            destination: receiver.local_addr().unwrap(),
+            ecn: None,
+            contents: &contents,
+            segment_size: Some(9_000),
+            src_ip: None,
+        };
+        let mut buf = vec![0u8; 65_536];
+
+        send(&inner, &transmit).await;
+        assert!(
+            receiver.recv(&mut buf).is_err(),
+            "the kernel took a 90,000-byte send; the split is not needed here"
+        );
+
+        let split: Arc<dyn AsyncUdpSocket> = Arc::new(SplitSends { inner });
+        send(&split, &transmit).await;
+        for i in 0..10u8 {
+            let n = receiver
+                .recv(&mut buf)
+                .expect("a datagram of the split send");
+            assert_eq!(n, 9_000, "datagram {i}");
+            assert!(
+                buf[..n].iter().all(|b| *b == i),
+                "datagram {i} holds its own bytes"
+            );
+        }
+    }
+
+    /// Sends as quinn does: waits until the socket is writable, then tries.
+    async fn send(socket: &Arc<dyn AsyncUdpSocket>, transmit: &Transmit<'_>) {
+        let mut poller = socket.clone().create_io_poller();
+        loop {
+            std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+                .await
+                .unwrap();
+            match socket.try_send(transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other.unwrap(),
+            }
+        }
+    }
+
+    /// A QUIC connection on loopback discovers datagrams larger than Ethernet's and carries a
+    /// bulk copy in them without losing packets to refused sends.
+    #[tokio::test]
+    async fn a_loopback_connection_moves_bulk_in_large_datagrams_without_losses() {
+        let (_s, _c, worker, client) = crate::tls::loopback_pair(
+            crate::tls::transport_config(false),
+            crate::tls::transport_config(true),
+        )
+        .await;
+        const BYTES: usize = 32 << 20;
+        let reader = tokio::spawn(async move {
+            let (_send, mut recv) = worker.accept_bi().await.unwrap();
+            let got = recv.read_to_end(BYTES + 1).await.unwrap();
+            (got.len(), worker)
+        });
+        let (mut send, _recv) = client.open_bi().await.unwrap();
+        let chunk = vec![0x5a; 1 << 20];
+        for _ in 0..BYTES / chunk.len() {
+            send.write_all(&chunk).await.unwrap();
+        }
+        send.finish().unwrap();
+        let (got, _worker) = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the copy finished within a minute")
+            .unwrap();
+        assert_eq!(got, BYTES);
+        let path = client.stats().path;
+        assert!(
+            path.current_mtu > 9_000,
+            "path MTU {} after 32 MiB on loopback",
+            path.current_mtu
+        );
+        assert!(
+            path.lost_packets * 100 <= path.sent_packets,
+            "{} of {} packets lost",
+            path.lost_packets,
+            path.sent_packets
+        );
+    }
+}

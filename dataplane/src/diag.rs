@@ -78,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How many relays [`report`] lists at most, the longest stalled first.
 const REPORT_RELAYS: usize = 50;
 
-/// One line per live QUIC connection (quinn's counters: round trip, congestion window,
+/// One line per live QUIC connection (quinn's counters: round trip, path MTU, congestion window,
 /// losses, and the flow-control frames each side sent), then one per live relay that has not
 /// moved for a second, the longest stalled first.
 pub fn report() -> Vec<String> {

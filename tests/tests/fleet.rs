@@ -205,8 +205,8 @@ fn a_controller_killed_mid_traffic_cuts_nothing_and_loses_nothing() {
     dev.wait_status(&conn.session_id, "terminated", Duration::from_secs(15));
 }
 
-/// SIGUSR1 to a separate `sluice worker` prints its QUIC connection and the relay that sits
-/// idle; to `sluice server`, which relays nothing, it says so. Neither process ends: the
+/// SIGUSR1 to a separate `sluice worker` prints its QUIC connection (with the path MTU it
+/// discovered) and the relay that sits idle; to `sluice server`, which relays nothing, it says so. Neither process ends: the
 /// connection still relays and the API still answers.
 #[test]
 fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
@@ -226,6 +226,14 @@ fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
             .then_some(log)
     });
     assert!(state.contains("sluice state: quic connection "), "{state}");
+    // Loopback carries datagrams larger than Ethernet's, and path MTU discovery found them.
+    let mtu: u32 = state
+        .split(" mtu ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no path MTU in {state}"));
+    assert!(mtu > 9_000, "path MTU {mtu} on loopback: {state}");
     let relay = state
         .lines()
         .find(|l| l.starts_with("sluice state: relay on connection "))

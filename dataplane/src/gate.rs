@@ -183,8 +183,9 @@ mod tests {
 
     /// A QUIC connection on loopback whose receiving end (the worker's side) allows
     /// `window` bytes in flight on the whole connection and reads each stream slowly, so
-    /// bulk writers keep the connection's credit used up. Returns both endpoints, the client's connection, the bulk bytes the worker's side has
-    /// read, and (once a stream starting with "probe" arrived) how many had been read then.
+    /// bulk writers keep the connection's credit used up. Returns both endpoints, the client's
+    /// connection, the bulk bytes the worker's side has read, and (once a stream starting with
+    /// "probe" arrived) how many had been read then.
     async fn tight_pair(
         window: u32,
     ) -> (

@@ -27,8 +27,9 @@ pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
 /// of up to [`MAX_UDP_PAYLOAD`], a worker refusing a token right after the handshake had
 /// 12.6 KB of probe in flight, its close never left, and the client saw a stateless reset
 /// ("reset by peer", 18 of 40 forged tokens) instead of the refusal. This leaves room for a
-/// probe, a full datagram and the packet being built. quinn paces the window out over a round
-/// trip, so a new connection on an Ethernet path does not send it as one burst.
+/// probe, a full datagram and the packet being built. quinn's pacer bursts window × 2 ms / RTT
+/// (at least 10 datagrams), so on a path with a round trip of 9 ms or more a new connection
+/// sends 10 datagrams at a time, not the window at once.
 pub const INITIAL_WINDOW: u64 = 64 * 1024;
 
 /// A QUIC endpoint on `socket` (bound with [`crate::net::bind_udp`]) that accepts datagrams up

@@ -206,8 +206,8 @@ fn a_controller_killed_mid_traffic_cuts_nothing_and_loses_nothing() {
 }
 
 /// SIGUSR1 to a separate `sluice worker` prints its QUIC connection (with the path MTU it
-/// discovered) and the relay that sits idle; to `sluice server`, which relays nothing, it says so. Neither process ends: the
-/// connection still relays and the API still answers.
+/// discovered) and the relay that sits idle; to `sluice server`, which relays nothing, it says
+/// so. Neither process ends: the connection still relays and the API still answers.
 #[test]
 fn sigusr1_on_a_worker_and_a_server_prints_their_state_and_ends_neither() {
     let sshd = Sshd::start();

@@ -495,7 +495,7 @@ impl ClientSession {
     pub async fn close(&self) {
         match &self.inner {
             Inner::Quic { conn, endpoint, .. } => {
-                conn.close(CLOSE_CLIENT_DONE.into(), b"client done");
+                crate::congestion::close(conn, CLOSE_CLIENT_DONE.into(), b"client done");
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle())
                         .await;

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod cluster;
+mod congestion;
 pub mod diag;
 mod gate;
 pub mod net;

@@ -334,7 +334,8 @@ async fn serve(
 
 fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
     debug!(kind = ?refusal.kind, message = %refusal.message, "refused client");
-    conn.close(
+    crate::congestion::close(
+        conn,
         (CLOSE_REFUSED_BASE + u32::from(refusal.kind.wire())).into(),
         refusal.message.as_bytes(),
     );
@@ -493,7 +494,11 @@ async fn serve_session(
             },
             reason = session.wait_end() => {
                 info!(reason = reason.as_str(), "session ended; closing client connection");
-                conn.close(reason.close_code().into(), reason.as_str().as_bytes());
+                crate::congestion::close(
+                    &conn,
+                    reason.close_code().into(),
+                    reason.as_str().as_bytes(),
+                );
                 return;
             }
         }

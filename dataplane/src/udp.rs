@@ -21,17 +21,6 @@ const MAX_SEND: usize = 65_507;
 /// CPU per GiB (docs/design.md, "Measured choices").
 pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
 
-/// quinn's congestion window before the first acknowledgement, in bytes (quinn's default is
-/// 14,720). quinn 0.11 does not send a connection's close while the window is used up (quinn
-/// issue 2785, fixed upstream after 0.11.19), and an MTU probe counts against it: with probes
-/// of up to [`MAX_UDP_PAYLOAD`], a worker refusing a token right after the handshake had
-/// 12.6 KB of probe in flight, its close never left, and the client saw a stateless reset
-/// ("reset by peer", 18 of 40 forged tokens) instead of the refusal. This leaves room for a
-/// probe, a full datagram and the packet being built. quinn's pacer bursts window × 2 ms / RTT
-/// (at least 10 datagrams), so on a path with a round trip of 9 ms or more a new connection
-/// sends 10 datagrams at a time, not the window at once.
-pub const INITIAL_WINDOW: u64 = 64 * 1024;
-
 /// A QUIC endpoint on `socket` (bound with [`crate::net::bind_udp`]) that accepts datagrams up
 /// to [`MAX_UDP_PAYLOAD`] and never hands the kernel a send it must refuse.
 pub fn endpoint(

@@ -233,7 +233,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         }
         connects.push((t, p, port, sid));
     }
-    for _ in 0..if o.quick { 2 } else { 9 } {
+    for _ in 0..if o.quick { 2 } else { 19 } {
         let (_p, _, _, ready) = dev.connect("quic")?;
         r.connect_ready_ms.push(ready.as_secs_f64() * 1000.0);
     }

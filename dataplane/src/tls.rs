@@ -66,11 +66,13 @@ pub fn transport_config(client: bool) -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(crate::udp::MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
-    // quinn's Cubic with its defaults, wrapped so that a close is never held back by a full
-    // window (congestion.rs).
-    t.congestion_controller_factory(Arc::new(crate::congestion::ClosingCubicFactory(
-        Arc::default(),
-    )));
+    // quinn's Cubic, wrapped so that a close is never held back by a full window
+    // (congestion.rs).
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(crate::udp::INITIAL_WINDOW);
+    t.congestion_controller_factory(Arc::new(crate::congestion::ClosingCubicFactory(Arc::new(
+        cubic,
+    ))));
     if client {
         t.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
     }

@@ -224,7 +224,8 @@ pub fn table(r: &Results) -> String {
         let p90 = ready[(ready.len() * 9 / 10).min(ready.len() - 1)];
         let _ = writeln!(
             s,
-            "\nconnect start -> \"Proxy listening\": median {med:.1} ms, p90 {p90:.1} ms, max {:.1} ms ({} runs)",
+            "\nconnect start -> \"Proxy listening\": median {med:.1} ms, p90 {p90:.1} ms, \
+             max {:.1} ms ({} runs)",
             ready.last().copied().unwrap_or(0.0),
             ready.len()
         );

@@ -5,9 +5,10 @@
 //! same congestion check: while stream data is still queued and the window is used up, the
 //! close is not sent. Once closed, the connection processes no acknowledgements, so the window
 //! never frees, and its loss timers are stopped (quinn issue 2785; fixed upstream in PR 2787,
-//! in no 0.11 release). The peer learns nothing until its idle timeout, or gets a stateless
-//! reset: a canceled session's user saw "reset by peer" instead of "Session was canceled",
-//! and a refused token could arrive the same way when an MTU probe filled the initial window.
+//! in no release up to quinn-proto 0.11.19: once one carries it, this module can go). The
+//! peer learns nothing until its idle timeout, or gets a stateless reset: a canceled
+//! session's user could see "reset by peer" instead of "Session was canceled", and refused
+//! tokens did arrive that way when an MTU probe filled quinn's initial window.
 //!
 //! [`close`] is how Sluice closes a QUIC connection: it opens the window first. A closed
 //! connection sends nothing but its close, so the only packet this lets past the congestion

@@ -24,13 +24,13 @@ pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
 /// quinn's congestion window before the first acknowledgement, in bytes (quinn's default is
 /// 14,720). Right after the handshake quinn's MTU discovery sends probes of up to
 /// [`MAX_UDP_PAYLOAD`] (8.8 and 12.6 KB on loopback), which count against the window. With
-/// 14,720 bytes they used it up, and the session's first bytes (the token on its way to the
-/// worker, the worker's answer) waited behind them: `connect` took over 20 ms to "Proxy
-/// listening" in 22 to 29 of each 40 starts (p50 33-36 ms), against at most 13.4 ms with
-/// 64 KiB (docs/design.md, "Measured choices"). This leaves room for a probe, a full datagram and the packet being
-/// built. quinn's pacer bursts window × 2 ms / RTT (at least 10 datagrams; read in its
-/// source), so on a path with a round trip of 9 ms or more a new connection sends 10
-/// datagrams at a time, not the window at once.
+/// 14,720 bytes `connect` took over 20 ms to "Proxy listening" in 22 to 29 of each 40 starts
+/// (p50 33-36 ms), against at most 13.4 ms with 64 KiB; most likely the session's first bytes
+/// (the token, the worker's answer) waited behind the probes (docs/design.md, "Measured
+/// choices"). This leaves room for a probe, a full datagram and the packet being built.
+/// quinn's pacer bursts window × 2 ms / RTT (at least 10 datagrams; read in its source), so on
+/// a path with a round trip of 9 ms or more a new connection sends 10 datagrams at a time, not
+/// the window at once.
 pub const INITIAL_WINDOW: u64 = 64 * 1024;
 
 /// A QUIC endpoint on `socket` (bound with [`crate::net::bind_udp`]) that accepts datagrams up

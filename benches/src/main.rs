@@ -108,6 +108,8 @@ pub struct PathResult {
 pub struct Results {
     pub date: String,
     pub machine: String,
+    /// [`report::conditions`] when the run started.
+    pub conditions: String,
     pub quick: bool,
     pub paths: Vec<PathResult>,
     pub setup_us: Vec<(String, Percentiles)>,
@@ -196,6 +198,8 @@ fn closed_loops(
 }
 
 fn run(o: &Opts) -> anyhow::Result<Results> {
+    // Before this run starts processes of its own.
+    let conditions = report::conditions();
     // 10,000 idle connections need ~20,000 descriptors here (client and target ends); as root
     // raise the hard limit too.
     if rlimit::setrlimit(rlimit::Resource::NOFILE, 100_000, 100_000).is_err() {
@@ -220,6 +224,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         .trim()
         .to_owned(),
         machine: report::machine(),
+        conditions,
         quick: o.quick,
         ..Default::default()
     };

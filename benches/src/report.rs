@@ -32,6 +32,38 @@ pub fn machine() -> String {
     format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
 }
 
+/// What else the machine was doing when the run started: the 1-minute load average, and how
+/// many processes other than this one run a `sluice` program (a `sluice dev` or `connect` left
+/// over from earlier work idles but still wakes up, and has disturbed runs before).
+pub fn conditions() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    let me = std::process::id();
+    let others = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .next()
+                    .and_then(|arg0| {
+                        std::path::Path::new(std::str::from_utf8(arg0).ok()?)
+                            .file_name()?
+                            .to_str()
+                            .map(|n| n.starts_with("sluice"))
+                    })
+                    .unwrap_or(false)
+            })
+        })
+        .count();
+    format!("load average {load} at start, {others} other sluice processes")
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,10 +199,11 @@ pub fn table(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\nSluice benchmark, {} ({}){}",
+        "\nSluice benchmark, {} ({}){}\n{}",
         r.date,
         r.machine,
-        if r.quick { ", QUICK" } else { "" }
+        if r.quick { ", QUICK" } else { "" },
+        r.conditions
     );
     let _ = writeln!(
         s,

@@ -199,10 +199,15 @@ mod tests {
         });
 
         worker_rt.block_on(async {
-            let conn = worker.accept().await.unwrap().await.unwrap();
-            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-            let mut go = [0u8; 2];
-            recv.read_exact(&mut go).await.unwrap();
+            let (conn, mut send, _recv) = tokio::time::timeout(Duration::from_secs(10), async {
+                let conn = worker.accept().await.unwrap().await.unwrap();
+                let (send, mut recv) = conn.accept_bi().await.unwrap();
+                let mut go = [0u8; 2];
+                recv.read_exact(&mut go).await.unwrap();
+                (conn, send, recv)
+            })
+            .await
+            .expect("the client connected and opened a stream within 10 s");
             let chunk = bytes::Bytes::from(vec![0x5a; 1 << 20]);
             tokio::spawn(async move { while send.write_chunk(chunk.clone()).await.is_ok() {} });
             // Freeze the client as soon as data flows, while the window is smaller than the
@@ -212,12 +217,17 @@ mod tests {
             freeze_tx.send(Duration::from_millis(60)).unwrap();
             // Full: nothing more goes out while the client is frozen.
             let mut sent = conn.stats().udp_tx.bytes;
+            let give_up = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 let now = conn.stats().udp_tx.bytes;
                 if now == sent {
                     break;
                 }
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "the worker was still sending 10 s after the client froze"
+                );
                 sent = now;
             }
             close(&conn, CODE.into(), b"test close");

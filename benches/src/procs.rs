@@ -21,21 +21,43 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+/// The processes running now.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// How many processes other than this one run a program whose name starts with `sluice`.
+pub fn other_sluice_processes() -> usize {
+    let me = std::process::id();
+    pids()
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let arg0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            std::str::from_utf8(arg0)
+                .ok()
+                .and_then(|a| Path::new(a).file_name()?.to_str())
+                .is_some_and(|name| name.starts_with("sluice"))
+        })
+        .count()
+}
+
 /// CPU seconds used by `roots` and all their descendants, living and reaped.
 pub fn tree_cpu(roots: &[u32]) -> f64 {
     let mut parent: HashMap<u32, u32> = HashMap::new();
     let mut cpu: HashMap<u32, f64> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Some(f) = stat_fields(pid) else { continue };
-            // Fields after the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            parent.insert(pid, num(1) as u32);
-            cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
-        }
+    for pid in pids() {
+        let Some(f) = stat_fields(pid) else { continue };
+        // Fields after the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        parent.insert(pid, num(1) as u32);
+        cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
     }
     let in_tree = |mut pid: u32| {
         for _ in 0..64 {

@@ -40,27 +40,7 @@ pub fn conditions() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into());
-    let me = std::process::id();
-    let others = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.split(|&b| b == 0)
-                    .next()
-                    .and_then(|arg0| {
-                        std::path::Path::new(std::str::from_utf8(arg0).ok()?)
-                            .file_name()?
-                            .to_str()
-                            .map(|n| n.starts_with("sluice"))
-                    })
-                    .unwrap_or(false)
-            })
-        })
-        .count();
+    let others = crate::procs::other_sluice_processes();
     format!("load average {load} at start, {others} other sluice processes")
 }
 

@@ -129,11 +129,7 @@ impl Controller for ClosingCubic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{
-        client_config, fingerprint, rustls_server_config, server_config, transport_config,
-        CertificateDer, WORKER_SERVER_NAME,
-    };
-    use rustls::pki_types::PrivateKeyDer;
+    use crate::tls::{loopback_configs, transport_config, WORKER_SERVER_NAME};
     use std::time::Duration;
 
     const CODE: u32 = 0x5c;
@@ -145,14 +141,8 @@ mod tests {
     /// and the client sees a stateless reset or its idle timeout instead.
     #[test]
     fn a_close_while_the_window_is_full_reaches_the_peer_with_its_code() {
-        let id = sluice_controlplane::pki::generate_worker_identity(WORKER_SERVER_NAME).unwrap();
-        let ca = CertificateDer::from(id.ca_cert);
-        let chain = vec![CertificateDer::from(id.cert), ca.clone()];
-        let pk = PrivateKeyDer::Pkcs8(id.key.into());
-        let mut server_cfg = server_config(rustls_server_config(chain, pk).unwrap()).unwrap();
-        server_cfg.transport_config(Arc::new(transport_config(false)));
-        let mut client_cfg = client_config(fingerprint(&ca)).unwrap();
-        client_cfg.transport_config(Arc::new(transport_config(true)));
+        let (server_cfg, client_cfg) =
+            loopback_configs(transport_config(false), transport_config(true));
         let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
 
         let worker_rt = tokio::runtime::Builder::new_current_thread()

@@ -223,6 +223,24 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// A worker's QUIC server configuration with a fresh cluster identity, and a client
+/// configuration that trusts it, each with the given transport settings.
+#[cfg(test)]
+pub(crate) fn loopback_configs(
+    worker: quinn::TransportConfig,
+    client: quinn::TransportConfig,
+) -> (quinn::ServerConfig, quinn::ClientConfig) {
+    let id = sluice_controlplane::pki::generate_worker_identity(WORKER_SERVER_NAME).unwrap();
+    let ca = CertificateDer::from(id.ca_cert);
+    let chain = vec![CertificateDer::from(id.cert), ca.clone()];
+    let pk = PrivateKeyDer::Pkcs8(id.key.into());
+    let mut server_cfg = server_config(rustls_server_config(chain, pk).unwrap()).unwrap();
+    server_cfg.transport_config(Arc::new(worker));
+    let mut client_cfg = client_config(fingerprint(&ca)).unwrap();
+    client_cfg.transport_config(Arc::new(client));
+    (server_cfg, client_cfg)
+}
+
 /// A QUIC connection on loopback between a worker's endpoint and a client's, each with the
 /// given transport settings. Returns both endpoints (keep them alive), then the worker's side
 /// of the connection and the client's.
@@ -236,16 +254,9 @@ pub(crate) async fn loopback_pair(
     quinn::Connection,
     quinn::Connection,
 ) {
-    let id = sluice_controlplane::pki::generate_worker_identity(WORKER_SERVER_NAME).unwrap();
-    let ca = CertificateDer::from(id.ca_cert);
-    let chain = vec![CertificateDer::from(id.cert), ca.clone()];
-    let pk = PrivateKeyDer::Pkcs8(id.key.into());
-    let mut server_cfg = server_config(rustls_server_config(chain, pk).unwrap()).unwrap();
-    server_cfg.transport_config(Arc::new(worker));
+    let (server_cfg, client_cfg) = loopback_configs(worker, client);
     let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
     let server = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
-    let mut client_cfg = client_config(fingerprint(&ca)).unwrap();
-    client_cfg.transport_config(Arc::new(client));
     let mut client = crate::udp::endpoint(bind(), None).unwrap();
     client.set_default_client_config(client_cfg);
     let connecting = client

@@ -221,11 +221,22 @@ pub fn table(r: &Results) -> String {
             p.open_loop_us.max
         );
     }
-    let _ = writeln!(s, "\nnew connection -> first echoed byte (us):");
+    let _ = writeln!(
+        s,
+        "\nnew connection -> first echoed byte (us; \"beyond\": its p50 less the same path's \
+         round-trip p50 above):"
+    );
     for (name, p) in &r.setup_us {
+        let beyond = r
+            .paths
+            .iter()
+            .find(|path| &path.name == name)
+            .map_or(String::new(), |path| {
+                format!("  beyond {:>6.1}", p.p50 - path.closed_loop_us.p50)
+            });
         let _ = writeln!(
             s,
-            "  {name:<26} p50 {:>8.1}  p99 {:>8.1}  max {:>8.0}",
+            "  {name:<26} p50 {:>8.1}  p99 {:>8.1}  max {:>8.0}{beyond}",
             p.p50, p.p99, p.max
         );
     }

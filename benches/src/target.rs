@@ -1,31 +1,71 @@
 //! The harness's own target server: the first byte of a connection picks its behaviour.
 //! `E`: echo everything back. `S`: sink everything, then answer the byte count (u64 BE).
+//!
+//! Threads wait in `accept` themselves, a few spare at all times, and each serves the
+//! connection it accepted. Until 2026-12-01 one thread accepted and started a new thread per
+//! connection: every new connection, direct or proxied, then waited for a thread to be created
+//! (and its 256 KiB buffer mapped) before its first byte was read, a cost of the target's, not
+//! of the path measured (docs/design.md, "Where a new connection's time goes").
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Threads waiting in `accept` when none is serving; one more is started whenever fewer
+/// are left waiting, and a thread whose connection ended leaves when more than
+/// [`MAX_SPARE`] are.
+const SPARE: usize = 4;
+const MAX_SPARE: usize = 16;
+
+/// The buffer each thread reads into.
+const BUF: usize = 256 * 1024;
 
 /// Starts the server on a free loopback port; it runs until the process exits.
 pub fn start() -> std::io::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0")?);
     let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(conn));
-        }
-    });
+    let waiting = Arc::new(AtomicUsize::new(0));
+    for _ in 0..SPARE {
+        acceptor(&listener, &waiting);
+    }
     Ok(port)
 }
 
-fn serve(mut c: TcpStream) {
+/// Starts a thread that accepts connections and serves each itself.
+fn acceptor(listener: &Arc<TcpListener>, waiting: &Arc<AtomicUsize>) {
+    let (listener, waiting) = (listener.clone(), waiting.clone());
+    // Counted before it runs, so a burst of accepts does not start a thread per connection.
+    waiting.fetch_add(1, Ordering::SeqCst);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let conn = listener.accept();
+            if waiting.fetch_sub(1, Ordering::SeqCst) <= SPARE {
+                acceptor(&listener, &waiting);
+            }
+            match conn {
+                Ok((conn, _)) => serve(conn, &mut buf),
+                // Out of descriptors, say: wait rather than spin.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+            if waiting.fetch_add(1, Ordering::SeqCst) >= MAX_SPARE {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+}
+
+fn serve(mut c: TcpStream, buf: &mut [u8]) {
     let _ = c.set_nodelay(true);
     let mut mode = [0u8; 1];
     if c.read_exact(&mut mode).is_err() {
         return;
     }
-    let mut buf = vec![0u8; 256 * 1024];
     match mode[0] {
         b'E' => loop {
-            match c.read(&mut buf) {
+            match c.read(buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     if c.write_all(&buf[..n]).is_err() {
@@ -37,7 +77,7 @@ fn serve(mut c: TcpStream) {
         b'S' => {
             let mut total = 0u64;
             loop {
-                match c.read(&mut buf) {
+                match c.read(buf) {
                     Ok(0) => break,
                     Ok(n) => total += n as u64,
                     Err(_) => return,
@@ -46,5 +86,54 @@ fn serve(mut c: TcpStream) {
             let _ = c.write_all(&total.to_be_bytes());
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn dial(port: u16) -> TcpStream {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    }
+
+    /// Many more connections open at once than threads wait spare: each is served while
+    /// all the others stay open (the idle-connection stage holds 10,000).
+    #[test]
+    fn serves_every_open_connection_at_once() {
+        let port = start().unwrap();
+        let mut open: Vec<TcpStream> = (0..10 * SPARE).map(|_| dial(port)).collect();
+        for (i, c) in open.iter_mut().enumerate() {
+            c.write_all(&[b'E', i as u8]).unwrap();
+        }
+        for (i, c) in open.iter_mut().enumerate() {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8, "connection {i} echoes its own byte");
+        }
+        // Served connections free their threads for the next ones.
+        drop(open);
+        for i in 0..100u8 {
+            let mut c = dial(port);
+            c.write_all(&[b'E', i]).unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i);
+        }
+    }
+
+    #[test]
+    fn a_sink_answers_the_byte_count() {
+        let port = start().unwrap();
+        let mut c = dial(port);
+        c.write_all(b"S").unwrap();
+        c.write_all(&vec![7u8; 3 * BUF + 5]).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut n = [0u8; 8];
+        c.read_exact(&mut n).unwrap();
+        assert_eq!(u64::from_be_bytes(n), 3 * BUF as u64 + 5);
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -48,7 +48,7 @@ pub fn endpoint(
     quinn::Endpoint::new_with_abstract_socket(
         config,
         server,
-        Arc::new(SplitSends { inner }),
+        Arc::new(SplitSends::new(inner)),
         runtime,
     )
 }
@@ -58,11 +58,46 @@ pub fn endpoint(
 /// quinn puts up to 10 datagrams of the path's MTU into one transmit. With datagrams over
 /// 6.5 KB that is more than one `sendmsg` may carry; the kernel refuses it (EMSGSIZE) and
 /// quinn-udp drops it without a word (quinn issue 2201, open), so every such transmit was lost.
-/// That is why a larger MTU measured slower here before (docs/design.md). When the socket
-/// fills between two parts, quinn sends the whole transmit again later: the peer discards the
-/// repeated packets by number, which costs bytes but loses nothing.
+/// That is why a larger MTU measured slower here before (docs/design.md).
+///
+/// When the socket fills between two parts, the call answers "would block" and quinn offers
+/// the same transmit again once the socket is writable. The parts that already went out are
+/// remembered (per destination, by the transmit's length and first bytes, which hold a packet
+/// number and ciphertext) and not sent twice.
 struct SplitSends {
     inner: Arc<dyn AsyncUdpSocket>,
+    partial: Mutex<Vec<Partial>>,
+}
+
+/// A transmit of which only the first `sent` bytes went out.
+struct Partial {
+    destination: SocketAddr,
+    len: usize,
+    head: [u8; HEAD],
+    sent: usize,
+}
+
+/// How many leading bytes of a transmit identify it when it is offered again.
+const HEAD: usize = 64;
+
+/// Transmits remembered at most (one per connection whose send is waiting); past that the
+/// oldest is forgotten, and its parts would be sent again (the peer drops repeated packets).
+const MAX_PARTIAL: usize = 64;
+
+impl SplitSends {
+    fn new(inner: Arc<dyn AsyncUdpSocket>) -> Self {
+        Self {
+            inner,
+            partial: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+fn head(contents: &[u8]) -> [u8; HEAD] {
+    let mut h = [0u8; HEAD];
+    let n = contents.len().min(HEAD);
+    h[..n].copy_from_slice(&contents[..n]);
+    h
 }
 
 impl fmt::Debug for SplitSends {
@@ -84,14 +119,51 @@ impl AsyncUdpSocket for SplitSends {
             return self.inner.try_send(transmit);
         };
         let per_send = (MAX_SEND / segment).max(1) * segment;
-        for part in transmit.contents.chunks(per_send) {
-            self.inner.try_send(&Transmit {
+        let contents = transmit.contents;
+        let key = head(contents);
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        let known = partial.iter().position(|p| {
+            p.destination == transmit.destination && p.len == contents.len() && p.head == key
+        });
+        let mut sent = known.map_or(0, |i| partial[i].sent);
+        while sent < contents.len() {
+            let part = &contents[sent..(sent + per_send).min(contents.len())];
+            match self.inner.try_send(&Transmit {
                 destination: transmit.destination,
                 ecn: transmit.ecn,
                 contents: part,
                 segment_size: (part.len() > segment).then_some(segment),
                 src_ip: transmit.src_ip,
-            })?;
+            }) {
+                Ok(()) => sent += part.len(),
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock && sent > 0 {
+                        match known {
+                            Some(i) => partial[i].sent = sent,
+                            None => {
+                                if partial.len() == MAX_PARTIAL {
+                                    partial.remove(0);
+                                }
+                                partial.push(Partial {
+                                    destination: transmit.destination,
+                                    len: contents.len(),
+                                    head: key,
+                                    sent,
+                                });
+                            }
+                        }
+                    } else if let Some(i) = known {
+                        // Any other error ends the transmit: quinn does not offer it again.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            partial.remove(i);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(i) = known {
+            partial.remove(i);
         }
         Ok(())
     }
@@ -159,7 +231,7 @@ mod tests {
             "the kernel took a 90,000-byte send; the split is not needed here"
         );
 
-        let split: Arc<dyn AsyncUdpSocket> = Arc::new(SplitSends { inner });
+        let split: Arc<dyn AsyncUdpSocket> = Arc::new(SplitSends::new(inner));
         send(&split, &transmit).await;
         for i in 0..10u8 {
             let n = receiver
@@ -171,6 +243,106 @@ mod tests {
                 "datagram {i} holds its own bytes"
             );
         }
+    }
+
+    /// A socket whose sends succeed except those numbered in `refuse` (counted from 0), which
+    /// answer "would block" as a full socket does; it keeps what it sent. A real UDP socket on
+    /// loopback does not fill between two calls on demand.
+    #[derive(Debug, Default)]
+    struct Filling {
+        calls: Mutex<usize>,
+        refuse: Vec<usize>,
+        sent: Mutex<Vec<u8>>,
+    }
+
+    #[derive(Debug)]
+    struct Writable;
+
+    impl UdpPoller for Writable {
+        fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncUdpSocket for Filling {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            Box::pin(Writable)
+        }
+        fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+            let mut calls = self.calls.lock().unwrap();
+            let call = *calls;
+            *calls += 1;
+            if self.refuse.contains(&call) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            assert!(
+                transmit.contents.len() <= MAX_SEND,
+                "one sendmsg carries at most 64 KB"
+            );
+            self.sent
+                .lock()
+                .unwrap()
+                .extend_from_slice(transmit.contents);
+            Ok(())
+        }
+        fn poll_recv(
+            &self,
+            _: &mut Context,
+            _: &mut [io::IoSliceMut<'_>],
+            _: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok("127.0.0.1:1".parse().unwrap())
+        }
+    }
+
+    /// When the socket fills after the first part of a split transmit, quinn offers the whole
+    /// transmit again; only the parts not yet sent go out then, and a different transmit in
+    /// between is sent whole.
+    #[tokio::test]
+    async fn a_split_send_interrupted_by_a_full_socket_sends_no_part_twice() {
+        // Calls: 0 first part of `a`; 1 refused; 2 `b` alone, refused; 3-4 `b`; 5 refused
+        // again (nothing new of `a` goes); 6 the rest of `a`.
+        let inner = Arc::new(Filling {
+            refuse: vec![1, 2, 5],
+            ..Filling::default()
+        });
+        let split: Arc<dyn AsyncUdpSocket> = Arc::new(SplitSends::new(inner.clone()));
+        let to = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let a: Vec<u8> = (0..10u8).flat_map(|i| [i; 9_000]).collect();
+        let b: Vec<u8> = (0..8u8).flat_map(|i| [100 + i; 9_000]).collect();
+        let transmit = |contents, port| Transmit {
+            destination: to(port),
+            ecn: None,
+            contents,
+            segment_size: Some(9_000),
+            src_ip: None,
+        };
+        let would_block = |r: io::Result<()>| {
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        };
+        would_block(split.try_send(&transmit(&a, 1)));
+        assert_eq!(
+            inner.sent.lock().unwrap().len(),
+            63_000,
+            "a's first part went"
+        );
+        would_block(split.try_send(&transmit(&b, 2)));
+        split.try_send(&transmit(&b, 2)).unwrap();
+        would_block(split.try_send(&transmit(&a, 1)));
+        split.try_send(&transmit(&a, 1)).unwrap();
+        let mut want = a[..63_000].to_vec();
+        want.extend_from_slice(&b);
+        want.extend_from_slice(&a[63_000..]);
+        assert!(
+            *inner.sent.lock().unwrap() == want,
+            "every datagram went exactly once"
+        );
+        // Sent in full, `a` is forgotten: the same bytes offered again are a new transmit.
+        split.try_send(&transmit(&a, 1)).unwrap();
+        assert_eq!(inner.sent.lock().unwrap().len(), want.len() + a.len());
     }
 
     /// Sends as quinn does: waits until the socket is writable, then tries.

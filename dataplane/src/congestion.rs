@@ -141,36 +141,79 @@ mod tests {
     /// and the client sees a stateless reset or its idle timeout instead.
     #[test]
     fn a_close_while_the_window_is_full_reaches_the_peer_with_its_code() {
+        close_with_a_full_window(Closer::Worker);
+    }
+
+    /// The same from the other side: `connect` ends the session (its user stopped it) in the
+    /// middle of an upload the worker has not acknowledged, and the worker must hear the
+    /// client's close, or it would end the session only at its idle timeout, as a network
+    /// error.
+    #[test]
+    fn a_client_close_while_its_window_is_full_reaches_the_worker() {
+        close_with_a_full_window(Closer::Client);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Closer {
+        Worker,
+        Client,
+    }
+
+    /// Connects a client and a worker (each with Sluice's transport configuration) over
+    /// loopback. The side that does not close runs on its own thread and runtime, so that it
+    /// can be frozen. The closing side sends bulk data, freezes its peer, waits until its
+    /// window stops it sending, closes with [`CODE`], and checks what its peer saw on thawing.
+    fn close_with_a_full_window(closer: Closer) {
         let (server_cfg, client_cfg) =
             loopback_configs(transport_config(false), transport_config(true));
         let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-
-        let worker_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let worker = worker_rt.block_on(async { crate::udp::endpoint(bind(), Some(server_cfg)) });
-        let worker = worker.unwrap();
-        let worker_addr = worker.local_addr().unwrap();
-
-        // The client: its own thread and runtime, so that it can be frozen.
-        let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<Duration>();
-        let (ended_tx, ended_rx) = std::sync::mpsc::channel::<quinn::ConnectionError>();
-        let client_thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut client = crate::udp::endpoint(bind(), None).unwrap();
-                client.set_default_client_config(client_cfg);
-                let conn = client
-                    .connect(worker_addr, WORKER_SERVER_NAME)
-                    .unwrap()
-                    .await
-                    .unwrap();
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                send.write_all(b"go").await.unwrap();
+                .unwrap()
+        };
+        let main_rt = runtime();
+        // The worker's address goes to whichever side does not run the worker.
+        let (to_peer, peer_gets) = std::sync::mpsc::channel();
+        let (to_main, main_gets) = std::sync::mpsc::channel();
+        let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<Duration>();
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel::<quinn::ConnectionError>();
+        // The worker's endpoint lives on the worker's side: the main runtime when the worker
+        // closes, the peer's thread when the client does.
+        let main_worker = (closer == Closer::Worker).then(|| {
+            let ep =
+                main_rt.block_on(async { crate::udp::endpoint(bind(), Some(server_cfg.clone())) });
+            let ep = ep.unwrap();
+            to_peer.send(ep.local_addr().unwrap()).unwrap();
+            ep
+        });
+        let peer_client_cfg = client_cfg.clone();
+
+        let peer = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let (conn, send, mut recv, _ep) = match closer {
+                    Closer::Worker => {
+                        let mut client = crate::udp::endpoint(bind(), None).unwrap();
+                        client.set_default_client_config(peer_client_cfg);
+                        let worker_addr = peer_gets.recv().unwrap();
+                        let conn = client
+                            .connect(worker_addr, WORKER_SERVER_NAME)
+                            .unwrap()
+                            .await
+                            .unwrap();
+                        let (mut send, recv) = conn.open_bi().await.unwrap();
+                        send.write_all(b"go").await.unwrap();
+                        (conn, send, recv, client)
+                    }
+                    Closer::Client => {
+                        let worker = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
+                        to_main.send(worker.local_addr().unwrap()).unwrap();
+                        let conn = worker.accept().await.unwrap().await.unwrap();
+                        let (send, recv) = conn.accept_bi().await.unwrap();
+                        (conn, send, recv, worker)
+                    }
+                };
                 tokio::spawn(async move {
                     while let Ok(Some(_)) = recv.read_chunk(1 << 20, true).await {}
                 });
@@ -188,24 +231,45 @@ mod tests {
             });
         });
 
-        worker_rt.block_on(async {
-            let (conn, mut send, _recv) = tokio::time::timeout(Duration::from_secs(10), async {
-                let conn = worker.accept().await.unwrap().await.unwrap();
-                let (send, mut recv) = conn.accept_bi().await.unwrap();
-                let mut go = [0u8; 2];
-                recv.read_exact(&mut go).await.unwrap();
-                (conn, send, recv)
-            })
-            .await
-            .expect("the client connected and opened a stream within 10 s");
+        main_rt.block_on(async {
+            let (conn, mut send, _recv, _ep) =
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    match main_worker {
+                        Some(worker) => {
+                            let conn = worker.accept().await.unwrap().await.unwrap();
+                            let (send, mut recv) = conn.accept_bi().await.unwrap();
+                            let mut go = [0u8; 2];
+                            recv.read_exact(&mut go).await.unwrap();
+                            (conn, send, recv, worker)
+                        }
+                        None => {
+                            let mut client = crate::udp::endpoint(bind(), None).unwrap();
+                            client.set_default_client_config(client_cfg);
+                            let worker_addr = tokio::task::spawn_blocking(move || main_gets.recv())
+                                .await
+                                .unwrap()
+                                .unwrap();
+                            let conn = client
+                                .connect(worker_addr, WORKER_SERVER_NAME)
+                                .unwrap()
+                                .await
+                                .unwrap();
+                            let (mut send, recv) = conn.open_bi().await.unwrap();
+                            send.write_all(b"go").await.unwrap();
+                            (conn, send, recv, client)
+                        }
+                    }
+                })
+                .await
+                .expect("the client connected and opened a stream within 10 s");
             let chunk = bytes::Bytes::from(vec![0x5a; 1 << 20]);
             tokio::spawn(async move { while send.write_chunk(chunk.clone()).await.is_ok() {} });
-            // Freeze the client as soon as data flows, while the window is smaller than the
+            // Freeze the peer as soon as data flows, while the window is smaller than the
             // stream's flow-control window (8 MiB): then the window is what holds data back.
             // The freeze is longer than it takes to fill the window and shorter than the
-            // worker's close period (3 probe timeouts, each 25 ms or more).
+            // closing side's close period (3 probe timeouts, each 25 ms or more).
             freeze_tx.send(Duration::from_millis(60)).unwrap();
-            // Full: nothing more goes out while the client is frozen.
+            // Full: nothing more goes out while the peer is frozen.
             let mut sent = conn.stats().udp_tx.bytes;
             let give_up = std::time::Instant::now() + Duration::from_secs(10);
             loop {
@@ -216,24 +280,24 @@ mod tests {
                 }
                 assert!(
                     std::time::Instant::now() < give_up,
-                    "the worker was still sending 10 s after the client froze"
+                    "still sending 10 s after the peer froze"
                 );
                 sent = now;
             }
             close(&conn, CODE.into(), b"test close");
-            // Keep the worker's endpoint running while the client thaws and reads.
+            // Keep this endpoint running while the peer thaws and reads.
             let ended =
                 tokio::task::spawn_blocking(move || ended_rx.recv_timeout(Duration::from_secs(30)))
                     .await
                     .unwrap()
-                    .expect("the client reported how its connection ended");
+                    .expect("the peer reported how its connection ended");
             match ended {
                 quinn::ConnectionError::ApplicationClosed(c) => {
                     assert_eq!(c.error_code, CODE.into(), "close code");
                 }
-                other => panic!("the client saw {other:?}, not the worker's close"),
+                other => panic!("the peer saw {other:?}, not the close"),
             }
         });
-        client_thread.join().unwrap();
+        peer.join().unwrap();
     }
 }

@@ -134,34 +134,75 @@ fn dial_port(port: u16) -> impl Fn() -> anyhow::Result<TcpStream> + Sync {
     move || Ok(TcpStream::connect(("127.0.0.1", port))?)
 }
 
-fn measure_path(p: &Path<'_>, quick: bool, direct: Option<f64>) -> anyhow::Result<PathResult> {
+/// What the bulk rounds measured on one path.
+struct Bulk {
+    /// Median of the rounds, MB/s.
+    mb_s: f64,
+    /// CPU-seconds per GiB of the path's processes over all its rounds.
+    cpu_s_per_gib: f64,
+}
+
+/// Bulk throughput of every path, in rounds that go round the paths in turn (starting one
+/// further each round), and the CPU the path's processes spent in its rounds. Until
+/// 2026-12-01 each path ran all its rounds before the next path started, so a ratio of two
+/// paths compared minutes that lay up to a minute apart on a machine whose load drifts.
+/// Returns one result per path, or the first error of a path.
+fn bulk_rounds(paths: &[&Path<'_>], quick: bool) -> Vec<anyhow::Result<Bulk>> {
     let (rounds, bytes) = if quick {
         (1, 128u64 << 20)
     } else {
         (5, 1u64 << 30)
     };
-    let cpu0 = procs::tree_cpu(&p.pids);
-    let mut mbs = Vec::new();
-    for _ in 0..rounds {
-        mbs.push(
-            measure::bulk(&*p.dial, bytes).with_context(|| format!("bulk through {}", p.name))?,
-        );
+    let mut rates: Vec<anyhow::Result<Vec<f64>>> = paths.iter().map(|_| Ok(Vec::new())).collect();
+    let mut cpu = vec![0.0; paths.len()];
+    for round in 0..rounds {
+        eprintln!("bulk round {} of {rounds}, all paths in turn", round + 1);
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let Ok(v) = &mut rates[i] else { continue };
+            let p = paths[i];
+            let cpu0 = procs::tree_cpu(&p.pids);
+            match measure::bulk(&*p.dial, bytes) {
+                Ok(mb_s) => {
+                    v.push(mb_s);
+                    cpu[i] += procs::tree_cpu(&p.pids) - cpu0;
+                }
+                Err(e) => rates[i] = Err(e.context(format!("bulk through {}", p.name))),
+            }
+        }
     }
-    let cpu = procs::tree_cpu(&p.pids) - cpu0;
     let gib = (bytes * rounds as u64) as f64 / (1u64 << 30) as f64;
-    let bulk = measure::median(&mut mbs);
+    rates
+        .into_iter()
+        .zip(cpu)
+        .map(|(r, cpu)| {
+            r.map(|mut v| Bulk {
+                mb_s: measure::median(&mut v),
+                cpu_s_per_gib: cpu / gib,
+            })
+        })
+        .collect()
+}
+
+/// A path's figures from its bulk rounds, and its open-loop latency.
+fn measure_path(
+    p: &Path<'_>,
+    quick: bool,
+    direct: Option<f64>,
+    bulk: Bulk,
+) -> anyhow::Result<PathResult> {
     let (rate, secs) = if quick { (2_000, 1) } else { (5_000, 4) };
     let open = Percentiles::of(&measure::open_loop(
         &*p.dial,
         rate,
         Duration::from_secs(secs),
     )?);
-    let direct_bulk = direct.unwrap_or(bulk);
+    let direct_bulk = direct.unwrap_or(bulk.mb_s);
     Ok(PathResult {
         name: p.name.clone(),
-        bulk_mb_s: bulk,
-        bulk_vs_direct: bulk / direct_bulk,
-        proxy_cpu_s_per_gib: (!p.pids.is_empty()).then_some(cpu / gib),
+        bulk_mb_s: bulk.mb_s,
+        bulk_vs_direct: bulk.mb_s / direct_bulk,
+        proxy_cpu_s_per_gib: (!p.pids.is_empty()).then_some(bulk.cpu_s_per_gib),
         // Filled in by `closed_loops`.
         added_p50_us: 0.0,
         closed_loop_us: Percentiles::default(),
@@ -302,9 +343,10 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     paths.retain(|p| o.wants(&p.name));
     let mut direct = None;
     let mut measured = Vec::new();
-    for p in &paths {
+    let all: Vec<&Path<'_>> = paths.iter().collect();
+    for (p, bulk) in paths.iter().zip(bulk_rounds(&all, o.quick)) {
         eprintln!("measuring {}", p.name);
-        let res = match measure_path(p, o.quick, direct) {
+        let res = match bulk.and_then(|b| measure_path(p, o.quick, direct, b)) {
             Ok(res) => res,
             Err(e) if p.peer => {
                 r.skipped.push(format!("{}: {e:#}", p.name));

@@ -166,7 +166,6 @@ mod tests {
     fn close_with_a_full_window(closer: Closer) {
         let (server_cfg, client_cfg) =
             loopback_configs(transport_config(false), transport_config(true));
-        let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let runtime = || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -193,25 +192,11 @@ mod tests {
         let peer = std::thread::spawn(move || {
             runtime().block_on(async move {
                 let (conn, send, mut recv, _ep) = match closer {
-                    Closer::Worker => {
-                        let mut client = crate::udp::endpoint(bind(), None).unwrap();
-                        client.set_default_client_config(peer_client_cfg);
-                        let worker_addr = peer_gets.recv().unwrap();
-                        let conn = client
-                            .connect(worker_addr, WORKER_SERVER_NAME)
-                            .unwrap()
-                            .await
-                            .unwrap();
-                        let (mut send, recv) = conn.open_bi().await.unwrap();
-                        send.write_all(b"go").await.unwrap();
-                        (conn, send, recv, client)
-                    }
+                    Closer::Worker => client_side(peer_client_cfg, peer_gets.recv().unwrap()).await,
                     Closer::Client => {
                         let worker = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
                         to_main.send(worker.local_addr().unwrap()).unwrap();
-                        let conn = worker.accept().await.unwrap().await.unwrap();
-                        let (send, recv) = conn.accept_bi().await.unwrap();
-                        (conn, send, recv, worker)
+                        worker_side(worker).await
                     }
                 };
                 tokio::spawn(async move {
@@ -235,28 +220,13 @@ mod tests {
             let (conn, mut send, _recv, _ep) =
                 tokio::time::timeout(Duration::from_secs(10), async {
                     match main_worker {
-                        Some(worker) => {
-                            let conn = worker.accept().await.unwrap().await.unwrap();
-                            let (send, mut recv) = conn.accept_bi().await.unwrap();
-                            let mut go = [0u8; 2];
-                            recv.read_exact(&mut go).await.unwrap();
-                            (conn, send, recv, worker)
-                        }
+                        Some(worker) => worker_side(worker).await,
                         None => {
-                            let mut client = crate::udp::endpoint(bind(), None).unwrap();
-                            client.set_default_client_config(client_cfg);
                             let worker_addr = tokio::task::spawn_blocking(move || main_gets.recv())
                                 .await
                                 .unwrap()
                                 .unwrap();
-                            let conn = client
-                                .connect(worker_addr, WORKER_SERVER_NAME)
-                                .unwrap()
-                                .await
-                                .unwrap();
-                            let (mut send, recv) = conn.open_bi().await.unwrap();
-                            send.write_all(b"go").await.unwrap();
-                            (conn, send, recv, client)
+                            client_side(client_cfg, worker_addr).await
                         }
                     }
                 })
@@ -299,5 +269,39 @@ mod tests {
             }
         });
         peer.join().unwrap();
+    }
+
+    type Side = (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        quinn::Endpoint,
+    );
+
+    fn bind() -> std::net::UdpSocket {
+        crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap()
+    }
+
+    /// Connects a client to the worker at `worker_addr` and opens a stream with two bytes on it.
+    async fn client_side(cfg: quinn::ClientConfig, worker_addr: std::net::SocketAddr) -> Side {
+        let mut client = crate::udp::endpoint(bind(), None).unwrap();
+        client.set_default_client_config(cfg);
+        let conn = client
+            .connect(worker_addr, WORKER_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"go").await.unwrap();
+        (conn, send, recv, client)
+    }
+
+    /// Accepts the client's connection and its stream, and reads the stream's two bytes.
+    async fn worker_side(worker: quinn::Endpoint) -> Side {
+        let conn = worker.accept().await.unwrap().await.unwrap();
+        let (send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut go = [0u8; 2];
+        recv.read_exact(&mut go).await.unwrap();
+        (conn, send, recv, worker)
     }
 }

@@ -137,26 +137,26 @@ impl AsyncUdpSocket for SplitSends {
             }) {
                 Ok(()) => sent += part.len(),
                 Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock && sent > 0 {
-                        match known {
-                            Some(i) => partial[i].sent = sent,
-                            None => {
-                                if partial.len() == MAX_PARTIAL {
-                                    partial.remove(0);
-                                }
-                                partial.push(Partial {
-                                    destination: transmit.destination,
-                                    len: contents.len(),
-                                    head: key,
-                                    sent,
-                                });
-                            }
-                        }
-                    } else if let Some(i) = known {
-                        // Any other error ends the transmit: quinn does not offer it again.
-                        if e.kind() != io::ErrorKind::WouldBlock {
+                    // "Would block": quinn offers the same transmit again once the socket is
+                    // writable. Any other error ends it.
+                    let offered_again = e.kind() == io::ErrorKind::WouldBlock;
+                    match known {
+                        Some(i) if offered_again => partial[i].sent = sent,
+                        Some(i) => {
                             partial.remove(i);
                         }
+                        None if offered_again && sent > 0 => {
+                            if partial.len() == MAX_PARTIAL {
+                                partial.remove(0);
+                            }
+                            partial.push(Partial {
+                                destination: transmit.destination,
+                                len: contents.len(),
+                                head: key,
+                                sent,
+                            });
+                        }
+                        None => {}
                     }
                     return Err(e);
                 }

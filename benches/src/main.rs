@@ -144,8 +144,8 @@ struct Bulk {
 
 /// Bulk throughput of every path, in rounds that go round the paths in turn (starting one
 /// further each round), and the CPU the path's processes spent in its rounds. Until
-/// 2026-12-01 each path ran all its rounds before the next path started, so a ratio of two
-/// paths compared minutes that lay up to a minute apart on a machine whose load drifts.
+/// 2026-12-02 each path ran all its rounds before the next path started, so a ratio of two
+/// paths compared rounds taken up to a minute apart on a machine whose load drifts.
 /// Returns one result per path, or the first error of a path.
 fn bulk_rounds(paths: &[&Path<'_>], quick: bool) -> Vec<anyhow::Result<Bulk>> {
     let (rounds, bytes) = if quick {

@@ -153,7 +153,6 @@ mod tests {
         close_with_a_full_window(Closer::Client);
     }
 
-    #[derive(Clone, Copy, PartialEq)]
     enum Closer {
         Worker,
         Client,
@@ -172,33 +171,22 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        let main_rt = runtime();
-        // The worker's address goes to whichever side does not run the worker.
-        let (to_peer, peer_gets) = std::sync::mpsc::channel();
-        let (to_main, main_gets) = std::sync::mpsc::channel();
+        // Bound here, so both sides know the worker's address before either starts; the side
+        // given the socket is the worker.
+        let worker_socket = crate::net::loopback_udp();
+        let worker_addr = worker_socket.local_addr().unwrap();
+        let (main_socket, peer_socket) = match closer {
+            Closer::Worker => (Some(worker_socket), None),
+            Closer::Client => (None, Some(worker_socket)),
+        };
         let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<Duration>();
         let (ended_tx, ended_rx) = std::sync::mpsc::channel::<quinn::ConnectionError>();
-        // The worker's endpoint lives on the worker's side: the main runtime when the worker
-        // closes, the peer's thread when the client does.
-        let main_worker = (closer == Closer::Worker).then(|| {
-            let ep =
-                main_rt.block_on(async { crate::udp::endpoint(bind(), Some(server_cfg.clone())) });
-            let ep = ep.unwrap();
-            to_peer.send(ep.local_addr().unwrap()).unwrap();
-            ep
-        });
-        let peer_client_cfg = client_cfg.clone();
+        let (peer_server_cfg, peer_client_cfg) = (server_cfg.clone(), client_cfg.clone());
 
         let peer = std::thread::spawn(move || {
             runtime().block_on(async move {
-                let (conn, send, mut recv, _ep) = match closer {
-                    Closer::Worker => client_side(peer_client_cfg, peer_gets.recv().unwrap()).await,
-                    Closer::Client => {
-                        let worker = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
-                        to_main.send(worker.local_addr().unwrap()).unwrap();
-                        worker_side(worker).await
-                    }
-                };
+                let (conn, send, mut recv, _ep) =
+                    open(peer_socket, peer_server_cfg, peer_client_cfg, worker_addr).await;
                 tokio::spawn(async move {
                     while let Ok(Some(_)) = recv.read_chunk(1 << 20, true).await {}
                 });
@@ -216,22 +204,13 @@ mod tests {
             });
         });
 
-        main_rt.block_on(async {
-            let (conn, mut send, _recv, _ep) =
-                tokio::time::timeout(Duration::from_secs(10), async {
-                    match main_worker {
-                        Some(worker) => worker_side(worker).await,
-                        None => {
-                            let worker_addr = tokio::task::spawn_blocking(move || main_gets.recv())
-                                .await
-                                .unwrap()
-                                .unwrap();
-                            client_side(client_cfg, worker_addr).await
-                        }
-                    }
-                })
-                .await
-                .expect("the client connected and opened a stream within 10 s");
+        runtime().block_on(async {
+            let (conn, mut send, _recv, _ep) = tokio::time::timeout(
+                Duration::from_secs(10),
+                open(main_socket, server_cfg, client_cfg, worker_addr),
+            )
+            .await
+            .expect("the client connected and opened a stream within 10 s");
             let chunk = bytes::Bytes::from(vec![0x5a; 1 << 20]);
             tokio::spawn(async move { while send.write_chunk(chunk.clone()).await.is_ok() {} });
             // Freeze the peer as soon as data flows, while the window is smaller than the
@@ -278,13 +257,25 @@ mod tests {
         quinn::Endpoint,
     );
 
-    fn bind() -> std::net::UdpSocket {
-        crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap()
+    /// One side of the connection: the worker on `worker_socket` when given it, otherwise a
+    /// client of the worker at `worker_addr`.
+    async fn open(
+        worker_socket: Option<std::net::UdpSocket>,
+        server_cfg: quinn::ServerConfig,
+        client_cfg: quinn::ClientConfig,
+        worker_addr: std::net::SocketAddr,
+    ) -> Side {
+        match worker_socket {
+            Some(socket) => {
+                worker_side(crate::udp::endpoint(socket, Some(server_cfg)).unwrap()).await
+            }
+            None => client_side(client_cfg, worker_addr).await,
+        }
     }
 
     /// Connects a client to the worker at `worker_addr` and opens a stream with two bytes on it.
     async fn client_side(cfg: quinn::ClientConfig, worker_addr: std::net::SocketAddr) -> Side {
-        let mut client = crate::udp::endpoint(bind(), None).unwrap();
+        let mut client = crate::udp::endpoint(crate::net::loopback_udp(), None).unwrap();
         client.set_default_client_config(cfg);
         let conn = client
             .connect(worker_addr, WORKER_SERVER_NAME)

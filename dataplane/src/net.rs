@@ -166,6 +166,12 @@ pub async fn connect_tcp(
         .await
 }
 
+/// A UDP socket on a free loopback port, set up as Sluice's QUIC endpoints set theirs up.
+#[cfg(test)]
+pub(crate) fn loopback_udp() -> std::net::UdpSocket {
+    bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +242,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let udp = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let udp = loopback_udp();
         let got = socket2::SockRef::from(&udp).recv_buffer_size().unwrap() / 2;
         if has_net_admin() {
             assert_eq!(

@@ -255,9 +255,8 @@ pub(crate) async fn loopback_pair(
     quinn::Connection,
 ) {
     let (server_cfg, client_cfg) = loopback_configs(worker, client);
-    let bind = || crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-    let server = crate::udp::endpoint(bind(), Some(server_cfg)).unwrap();
-    let mut client = crate::udp::endpoint(bind(), None).unwrap();
+    let server = crate::udp::endpoint(crate::net::loopback_udp(), Some(server_cfg)).unwrap();
+    let mut client = crate::udp::endpoint(crate::net::loopback_udp(), None).unwrap();
     client.set_default_client_config(client_cfg);
     let connecting = client
         .connect(server.local_addr().unwrap(), WORKER_SERVER_NAME)

@@ -209,7 +209,7 @@ mod tests {
         receiver
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        let sender = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let sender = crate::net::loopback_udp();
         let inner = quinn::TokioRuntime.wrap_udp_socket(sender).unwrap();
         assert!(
             inner.max_transmit_segments() >= 10,

@@ -20,7 +20,6 @@ mod pool;
 mod registry;
 mod relay;
 mod server;
-mod sockmap;
 mod spin;
 mod splice;
 mod stream_transport;

@@ -51,9 +51,6 @@ pub struct WorkerConfig {
     /// How long a worker thread keeps polling for events, instead of sleeping, after a relay
     /// moved a small amount (interactive traffic); zero: sleep at once.
     pub busy_poll: Duration,
-    /// Relay the plaintext `tcp` transport inside the kernel (BPF sockmap) where it loads;
-    /// splice otherwise.
-    pub kernel_relay: bool,
 }
 
 /// Counts the handshakes in progress on one thread.
@@ -113,7 +110,6 @@ impl WorkerConfig {
             read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: crate::IoDriver::Epoll,
             busy_poll: crate::spin::DEFAULT_WINDOW,
-            kernel_relay: std::env::var_os("SLUICE_KERNEL_RELAY").is_some(),
         }
     }
 }

@@ -30,19 +30,11 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Frame, Refusal> {
-    read_frame_counted(s, buf).await.map(|(frame, _)| frame)
-}
-
-/// [`read_frame`], also returning the frame's length on the wire.
-async fn read_frame_counted<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut BytesMut,
-) -> Result<(Frame, usize), Refusal> {
     loop {
         match Frame::decode(buf) {
             Ok(Some((frame, used))) => {
                 buf.advance(used);
-                return Ok((frame, used));
+                return Ok(frame);
             }
             Ok(None) => {}
             Err(e) => {
@@ -126,11 +118,10 @@ enum Conn {
 }
 
 impl Conn {
-    /// Reads a frame into `buf`, returning it and its length on the wire.
-    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<(Frame, usize), Refusal> {
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, Refusal> {
         match self {
-            Conn::Plain(s) => read_frame_counted(s, buf).await,
-            Conn::Tls(s) => read_frame_counted(s, buf).await,
+            Conn::Plain(s) => read_frame(s, buf).await,
+            Conn::Tls(s) => read_frame(s, buf).await,
         }
     }
 
@@ -182,19 +173,18 @@ async fn serve(
     slot: crate::server::HandshakeSlot,
 ) {
     let mut buf = BytesMut::new();
-    let (frame, frame_len) =
-        match tokio::time::timeout_at(deadline, conn.read_frame(&mut buf)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(r)) => return conn.refuse(r).await,
-            Err(_) => {
-                return conn
-                    .refuse(Refusal::new(
-                        RefusalKind::Protocol,
-                        "timed out waiting for the client to present its token",
-                    ))
-                    .await
-            }
-        };
+    let frame = match tokio::time::timeout_at(deadline, conn.read_frame(&mut buf)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(r)) => return conn.refuse(r).await,
+        Err(_) => {
+            return conn
+                .refuse(Refusal::new(
+                    RefusalKind::Protocol,
+                    "timed out waiting for the client to present its token",
+                ))
+                .await
+        }
+    };
     let (nonce, token, control) = match frame {
         Frame::ClientHello { nonce, token } => (nonce, token, true),
         Frame::StreamHello { nonce, token } => (nonce, token, false),
@@ -219,9 +209,7 @@ async fn serve(
     if control {
         control_connection(session, conn).await;
     } else {
-        // What user space has read from the connection: the hello and what followed it.
-        let consumed = (frame_len + buf.len()) as u64;
-        data_connection(session, config, conn, buf, consumed, client_addr).await;
+        data_connection(session, config, conn, buf, client_addr).await;
     }
 }
 
@@ -270,8 +258,7 @@ async fn data_connection(
     session: Arc<LiveSession>,
     config: Arc<WorkerConfig>,
     mut conn: Conn,
-    mut early: BytesMut,
-    consumed: u64,
+    early: BytesMut,
     client_addr: String,
 ) {
     let ticket = match session.open_connection() {
@@ -306,16 +293,6 @@ async fn data_connection(
     let down = Arc::new(AtomicU64::new(0));
     let relay = async {
         let mut target = target;
-        if let Conn::Plain(client) = &conn {
-            if config.kernel_relay && !crate::uring::on_this_thread() {
-                if let Some(relay) =
-                    crate::sockmap::try_start(client, &target, &mut early, consumed, &up, &down)
-                        .await?
-                {
-                    return relay.run().await;
-                }
-            }
-        }
         if !early.is_empty() {
             target.write_all(&early).await?;
             up.fetch_add(early.len() as u64, Ordering::Relaxed);

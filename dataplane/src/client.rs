@@ -236,6 +236,7 @@ impl ClientSession {
     /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
     /// connections left once the worker admits it.
     pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32) + Send) -> StreamEnd {
+        crate::net::fit_send_buffer(&tcp);
         let (conn, gate) = match &self.inner {
             Inner::Quic { conn, gate, .. } => (conn, gate),
             Inner::Stream { .. } => return self.proxy_stream(tcp, on_accepted).await,
@@ -552,6 +553,7 @@ async fn dial_and_hello(
     use tokio::io::AsyncWriteExt;
     let tcp = TcpStream::connect(worker).await?;
     tcp.set_nodelay(true)?;
+    crate::net::fit_send_buffer(&tcp);
     let bytes = hello.to_vec();
     Ok(match tls {
         Some(connector) => {

@@ -148,8 +148,59 @@ fn fix_buffers(socket: &socket2::Socket, n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Round trip up to which a socket the relays write into is "near" (see [`fit_send_buffer`]).
+pub const NEAR_RTT: std::time::Duration = std::time::Duration::from_micros(100);
+/// Send buffer given to a near socket; the kernel doubles the figure for its bookkeeping.
+pub const NEAR_SEND_BUFFER: usize = 256 * 1024;
+
+/// The smoothed round trip the kernel holds for a connected TCP socket (from the handshake
+/// until data has flowed), or `None` if it cannot be read.
+pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> {
+    #[allow(unsafe_code)]
+    // SAFETY: `tcp_info` is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    #[allow(unsafe_code)]
+    // SAFETY: `info` and `len` are valid for writes, and `len` is `info`'s size, so the kernel
+    // writes at most that much.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && info.tcpi_rtt > 0)
+        .then(|| std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
+/// Gives a connected socket that relayed bytes are written into a fixed send buffer of
+/// [`NEAR_SEND_BUFFER`] when its round trip is at most [`NEAR_RTT`] (same host, or a fast
+/// local network), and leaves the kernel's autotuning otherwise. Returns whether it fixed it.
+///
+/// Autotuning grows a send buffer towards `tcp_wmem`'s maximum (4 MiB here) on any fast path.
+/// On a near one that only keeps more bytes between the relay and the receiver than the CPU
+/// caches hold: with 512 KiB the worker hop moved about twice as much at half the worker's
+/// CPU per byte (docs/design.md, "Send buffers of near sockets"). 512 KiB in flight over at
+/// most 100 µs still allows 5 GB/s, more than one relayed connection moves, so the cap costs
+/// nothing there; a farther path keeps autotuning, which it needs.
+pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
+    match send_buffer_for(round_trip(s)) {
+        Some(n) => socket2::SockRef::from(s).set_send_buffer_size(n).is_ok(),
+        None => false,
+    }
+}
+
+/// The fixed send buffer for a socket with this round trip; `None`: leave autotuning.
+fn send_buffer_for(rtt: Option<std::time::Duration>) -> Option<usize> {
+    rtt.filter(|rtt| *rtt <= NEAR_RTT).map(|_| NEAR_SEND_BUFFER)
+}
+
 /// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
-/// scale is chosen from the receive buffer at that point).
+/// scale is chosen from the receive buffer at that point), or, without a fixed size,
+/// [`fit_send_buffer`] after it.
 pub async fn connect_tcp(
     addr: SocketAddr,
     buffer: Option<usize>,
@@ -161,9 +212,13 @@ pub async fn connect_tcp(
         Some(socket2::Protocol::TCP),
     )?;
     bound_buffers(&socket, buffer);
-    tokio::net::TcpSocket::from_std_stream(socket.into())
+    let stream = tokio::net::TcpSocket::from_std_stream(socket.into())
         .connect(addr)
-        .await
+        .await?;
+    if buffer.is_none() {
+        fit_send_buffer(&stream);
+    }
+    Ok(stream)
 }
 
 /// A UDP socket on a free loopback port, set up as Sluice's QUIC endpoints set theirs up.
@@ -205,6 +260,63 @@ mod tests {
             rcv, default,
             "no buffer given must leave the kernel's default (tcp_rmem's middle figure)"
         );
+    }
+
+    #[test]
+    fn only_a_near_round_trip_gets_a_fixed_send_buffer() {
+        use std::time::Duration;
+        assert_eq!(send_buffer_for(None), None, "unknown: leave autotuning");
+        assert_eq!(
+            send_buffer_for(Some(Duration::from_micros(3))),
+            Some(NEAR_SEND_BUFFER)
+        );
+        assert_eq!(send_buffer_for(Some(NEAR_RTT)), Some(NEAR_SEND_BUFFER));
+        assert_eq!(
+            send_buffer_for(Some(NEAR_RTT + Duration::from_micros(1))),
+            None,
+            "a farther path keeps autotuning, which it needs for throughput"
+        );
+        assert_eq!(send_buffer_for(Some(Duration::from_millis(20))), None);
+    }
+
+    #[tokio::test]
+    async fn a_loopback_connection_gets_the_near_send_buffer_and_keeps_its_receive_buffer() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, None).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let default_rcv: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        // A loopback handshake takes microseconds; on a machine too busy for that, the
+        // connection keeps autotuning and the next one is tried (bounded).
+        for _ in 0..50 {
+            let out = connect_tcp(addr, None).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let rtt = round_trip(&out).expect("a connected socket has a round trip");
+            if rtt > NEAR_RTT {
+                continue;
+            }
+            assert_eq!(
+                buffers(&out),
+                (default_rcv, 2 * NEAR_SEND_BUFFER),
+                "round trip {rtt:?}: the send buffer is fixed (the kernel doubles it), the \
+                 receive buffer is left to autotuning"
+            );
+            // What the worker does with an accepted client connection (no data has flowed, so
+            // its round trip stays what it was).
+            let before = buffers(&accepted);
+            let near = round_trip(&accepted).unwrap() <= NEAR_RTT;
+            assert_eq!(fit_send_buffer(&accepted), near);
+            if near {
+                assert_eq!(buffers(&accepted), (before.0, 2 * NEAR_SEND_BUFFER));
+            }
+            return;
+        }
+        panic!("50 loopback connections all took over {NEAR_RTT:?} to connect");
     }
 
     #[test]

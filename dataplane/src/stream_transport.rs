@@ -67,6 +67,9 @@ pub(crate) async fn handle(
     slot: crate::server::HandshakeSlot,
 ) {
     let _ = tcp.set_nodelay(true);
+    if config.tcp_buffer.is_none() {
+        crate::net::fit_send_buffer(&tcp);
+    }
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {

@@ -231,6 +231,17 @@ pub(crate) fn loopback_udp() -> std::net::UdpSocket {
 mod tests {
     use super::*;
 
+    /// A new TCP socket's receive buffer: `tcp_rmem`'s middle figure.
+    fn default_receive_buffer() -> usize {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     fn buffers(s: &tokio::net::TcpStream) -> (usize, usize) {
         let r = socket2::SockRef::from(s);
         (r.recv_buffer_size().unwrap(), r.send_buffer_size().unwrap())
@@ -249,13 +260,7 @@ mod tests {
         let auto = connect_tcp(addr, None).await.unwrap();
         let _ = listener.accept().await.unwrap();
         let (rcv, _) = buffers(&auto);
-        let default: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let default = default_receive_buffer();
         assert_eq!(
             rcv, default,
             "no buffer given must leave the kernel's default (tcp_rmem's middle figure)"
@@ -284,13 +289,7 @@ mod tests {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, None).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let default_rcv: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let default_rcv = default_receive_buffer();
         // A loopback handshake takes microseconds; on a machine too busy for that, the
         // connection keeps autotuning and the next one is tried (bounded).
         for _ in 0..50 {

@@ -180,12 +180,12 @@ pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> 
 /// [`NEAR_SEND_BUFFER`] when its round trip is at most [`NEAR_RTT`] (same host, or a fast
 /// local network), and leaves the kernel's autotuning otherwise. Returns whether it fixed it.
 ///
-/// Autotuning grows a send buffer towards `tcp_wmem`'s maximum (4 MiB here) on any fast path.
-/// On a near one that only keeps more bytes between the relay and the receiver than the CPU
-/// caches hold: with 512 KiB the worker hop moved about twice as much at half the worker's
-/// CPU per byte (docs/design.md, "Send buffers of near sockets"). 512 KiB in flight over at
-/// most 100 µs still allows 5 GB/s, more than one relayed connection moves, so the cap costs
-/// nothing there; a farther path keeps autotuning, which it needs.
+/// Autotuning gives a loopback socket a send buffer of `tcp_wmem`'s maximum (4 MiB here) at
+/// once, so megabytes can wait between the relay and the receiver, most likely beyond what the
+/// CPU caches hold. With 512 KiB the worker hop moved about 1.5 times as much at two thirds of
+/// the worker's CPU per byte (docs/design.md, "Send buffers of near sockets"). 512 KiB in
+/// flight over at most 100 µs still allows 5 GB/s, more than one relayed connection moves, so
+/// the cap costs nothing there; a farther path keeps autotuning, which it needs.
 pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
     match send_buffer_for(round_trip(s)) {
         Some(n) => socket2::SockRef::from(s).set_send_buffer_size(n).is_ok(),

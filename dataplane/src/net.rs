@@ -305,8 +305,8 @@ mod tests {
                 "round trip {rtt:?}: the send buffer is fixed (the kernel doubles it), the \
                  receive buffer is left to autotuning"
             );
-            // What the worker does with an accepted client connection (no data has flowed, so
-            // its round trip stays what it was).
+            // The accepted side, as the worker fits its clients' sockets and `connect` its
+            // applications' (no data has flowed, so its round trip stays what it was).
             let before = buffers(&accepted);
             let near = round_trip(&accepted).unwrap() <= NEAR_RTT;
             assert_eq!(fit_send_buffer(&accepted), near);

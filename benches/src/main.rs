@@ -102,6 +102,11 @@ pub struct PathResult {
     pub closed_loop_us: Percentiles,
     pub added_p50_us: f64,
     pub open_loop_us: Percentiles,
+    /// Round trips again with every process of the run on one CPU ([`procs::OneCpu`]);
+    /// `None` on a one-CPU machine or when pinning failed.
+    pub one_cpu_us: Option<Percentiles>,
+    /// `one_cpu_us`'s p50 less direct TCP's, both on one CPU.
+    pub one_cpu_added_p50_us: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -207,6 +212,8 @@ fn measure_path(
         added_p50_us: 0.0,
         closed_loop_us: Percentiles::default(),
         open_loop_us: open,
+        one_cpu_us: None,
+        one_cpu_added_p50_us: None,
     })
 }
 
@@ -366,13 +373,34 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     eprintln!("measuring round trips, all paths in turn");
     let (n, blocks) = if o.quick { (2_000, 2) } else { (20_000, 10) };
     let on: Vec<&Path<'_>> = measured.iter().map(|(p, _)| *p).collect();
+    let free = closed_loops(&on, n, blocks);
+    // The same again with every process on one CPU, which takes the scheduler's placement of
+    // the three processes (and the cost of waking an idle CPU) out of the figures.
+    let mut one_cpu: Vec<Option<hdrhistogram::Histogram<u64>>> = on.iter().map(|_| None).collect();
+    match procs::OneCpu::pin() {
+        Ok(Some(pinned)) => {
+            eprintln!("measuring round trips again, every process on one CPU");
+            let hs = closed_loops(&on, n, blocks);
+            drop(pinned);
+            one_cpu = hs.into_iter().map(Result::ok).collect();
+        }
+        Ok(None) => {}
+        Err(e) => r.skipped.push(format!("round trips on one CPU: {e:#}")),
+    }
     let mut direct_p50 = None;
-    for ((p, mut res), h) in measured.into_iter().zip(closed_loops(&on, n, blocks)) {
+    let mut direct_one_cpu_p50 = None;
+    for (((p, mut res), h), one) in measured.into_iter().zip(free).zip(one_cpu) {
         match h {
             Ok(h) => {
                 res.closed_loop_us = Percentiles::of(&h);
                 let d = *direct_p50.get_or_insert(res.closed_loop_us.p50);
                 res.added_p50_us = res.closed_loop_us.p50 - d;
+                if let Some(one) = one {
+                    let one = Percentiles::of(&one);
+                    let d = *direct_one_cpu_p50.get_or_insert(one.p50);
+                    res.one_cpu_added_p50_us = Some(one.p50 - d);
+                    res.one_cpu_us = Some(one);
+                }
                 r.paths.push(res);
             }
             Err(e) if p.peer => r.skipped.push(format!("{}: {e:#}", p.name)),

@@ -48,16 +48,16 @@ pub fn other_sluice_processes() -> usize {
         .count()
 }
 
-/// CPU seconds used by `roots` and all their descendants, living and reaped.
-pub fn tree_cpu(roots: &[u32]) -> f64 {
+/// `roots` and every process descended from them, living now, with each one's fields from
+/// `/proc/PID/stat` (after the command name).
+fn tree(roots: &[u32]) -> Vec<(u32, Vec<String>)> {
     let mut parent: HashMap<u32, u32> = HashMap::new();
-    let mut cpu: HashMap<u32, f64> = HashMap::new();
+    let mut fields: HashMap<u32, Vec<String>> = HashMap::new();
     for pid in pids() {
         let Some(f) = stat_fields(pid) else { continue };
-        // Fields after the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        parent.insert(pid, num(1) as u32);
-        cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
+        // Fields after the name: state(0) ppid(1) …
+        parent.insert(pid, f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0));
+        fields.insert(pid, f);
     }
     let in_tree = |mut pid: u32| {
         for _ in 0..64 {
@@ -71,11 +71,88 @@ pub fn tree_cpu(roots: &[u32]) -> f64 {
         }
         false
     };
-    cpu.iter()
-        .filter(|(pid, _)| in_tree(**pid))
-        .map(|(_, t)| t)
+    fields
+        .into_iter()
+        .filter(|(pid, _)| in_tree(*pid))
+        .collect()
+}
+
+/// CPU seconds used by `roots` and all their descendants, living and reaped.
+pub fn tree_cpu(roots: &[u32]) -> f64 {
+    tree(roots)
+        .iter()
+        .map(|(_, f)| {
+            // utime(11) stime(12) cutime(13) cstime(14).
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            num(11) + num(12) + num(13) + num(14)
+        })
         .sum::<f64>()
         / ticks_per_second()
+}
+
+/// While it lives, every thread of this harness and of the processes it started (`sluice dev`,
+/// `connect`, the target, the peers) may run on one CPU only, the first this harness was
+/// allowed; threads started meanwhile inherit that. Dropping it gives every thread back the
+/// CPUs the harness had at the start.
+///
+/// Round trips measured so show what each proxy itself adds: on the 2-vCPU VMs these runs use,
+/// waking a process on the other, idle vCPU costs about 25 µs, and whether a path pays that
+/// once per round trip depends on where the scheduler puts three processes, which changes
+/// from run to run (benches/RESULTS.md, 2026-12-02).
+pub struct OneCpu {
+    all: nix::sched::CpuSet,
+}
+
+impl OneCpu {
+    /// `None` when this harness may run on one CPU only anyway.
+    pub fn pin() -> anyhow::Result<Option<Self>> {
+        use nix::sched::{sched_getaffinity, CpuSet};
+        let all = sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+        let mut allowed = (0..CpuSet::count()).filter(|&c| all.is_set(c).unwrap_or(false));
+        let (Some(first), Some(_)) = (allowed.next(), allowed.next()) else {
+            return Ok(None);
+        };
+        let mut one = CpuSet::new();
+        one.set(first)?;
+        let pinned = Self { all };
+        // Twice: a thread started while the first pass ran may have inherited the old mask.
+        for _ in 0..2 {
+            set_tree_affinity(&one)?;
+        }
+        Ok(Some(pinned))
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        for _ in 0..2 {
+            if let Err(e) = set_tree_affinity(&self.all) {
+                eprintln!("sluice-bench: could not give threads back all CPUs: {e:#}");
+            }
+        }
+    }
+}
+
+/// Sets the CPU affinity of every thread of this process and its descendants. A thread that
+/// ends meanwhile is skipped.
+fn set_tree_affinity(set: &nix::sched::CpuSet) -> anyhow::Result<()> {
+    for (pid, _) in tree(&[std::process::id()]) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for tid in tasks
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), set) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("setting thread {tid}'s CPU affinity"))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resident memory (bytes) and thread count of one process.
@@ -288,4 +365,45 @@ pub fn wait_listening(port: u16, limit: Duration) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nothing listened on port {port} within {limit:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+
+    fn cpus(pid: i32) -> CpuSet {
+        sched_getaffinity(Pid::from_raw(pid)).unwrap()
+    }
+
+    fn count(set: &CpuSet) -> usize {
+        (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap())
+            .count()
+    }
+
+    /// The harness, a child it started, and a thread started while pinned all run on one CPU;
+    /// afterwards each has all the CPUs back.
+    #[test]
+    fn one_cpu_pins_the_harness_and_its_children_then_gives_the_cpus_back() {
+        let before = cpus(0);
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let child_pid = child.id() as i32;
+        let pinned = OneCpu::pin().unwrap();
+        if count(&before) < 2 {
+            assert!(pinned.is_none(), "one CPU allowed: nothing to pin");
+        } else {
+            assert!(pinned.is_some());
+            assert_eq!(count(&cpus(child_pid)), 1, "the child is on one CPU");
+            assert_eq!(count(&cpus(0)), 1, "this thread is on one CPU");
+            let started = std::thread::spawn(|| cpus(0)).join().unwrap();
+            assert_eq!(count(&started), 1, "a thread started meanwhile inherits it");
+            drop(pinned);
+            assert_eq!(cpus(child_pid), before, "the child has its CPUs back");
+            assert_eq!(cpus(0), before, "this thread has its CPUs back");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -221,6 +221,23 @@ pub fn table(r: &Results) -> String {
             p.open_loop_us.max
         );
     }
+    if r.paths.iter().any(|p| p.one_cpu_us.is_some()) {
+        let _ = writeln!(
+            s,
+            "\nround trips again with every process on one CPU (no wake-up of an idle CPU):\n\
+             {:<32} {:>8} {:>8} {:>8} {:>8}",
+            "path", "p50 us", "p99 us", "p99.9", "+p50 us"
+        );
+        for p in &r.paths {
+            if let (Some(c), Some(added)) = (&p.one_cpu_us, p.one_cpu_added_p50_us) {
+                let _ = writeln!(
+                    s,
+                    "{:<32} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+                    p.name, c.p50, c.p99, c.p999, added
+                );
+            }
+        }
+    }
     let _ = writeln!(
         s,
         "\nnew connection -> first echoed byte (us; \"beyond\": its p50 less the same path's \

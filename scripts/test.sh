@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, then runs lint,
-# unit, end-to-end and fuzz checks. Run as root (it apt-installs OpenSSH), or with sshd present.
+# unit, end-to-end and fuzz checks. Run as root (it apt-installs OpenSSH and iproute2), or with
+# them present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -11,6 +12,8 @@ step "system packages"
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || need+=(openssh-client)
+# `ss`, which a test reads the relays' socket buffers with.
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

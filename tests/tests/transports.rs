@@ -359,3 +359,105 @@ fn one_quic_session_holds_more_connections_open_than_its_first_stream_limit() {
     });
     assert_eq!(held, CONNS);
 }
+
+/// One established TCP socket as `ss` shows it.
+#[derive(Debug)]
+struct SocketView {
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    pid: u32,
+    /// The send buffer as the kernel counts it (twice what was set).
+    send_buffer: u64,
+}
+
+/// The established TCP sockets of the processes `pids` (`ss -tmnpO`, from iproute2).
+fn tcp_sockets(pids: &[u32]) -> Vec<SocketView> {
+    let out = std::process::Command::new("ss")
+        .args(["-tmnpHO", "state", "established"])
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(out.status.success(), "ss: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let pid = l.split("pid=").nth(1)?.split(',').next()?.parse().ok()?;
+            let tb = l.split(",tb").nth(1)?.split(',').next()?.parse().ok()?;
+            Some(SocketView {
+                local: f.get(2)?.parse().ok()?,
+                peer: f.get(3)?.parse().ok()?,
+                pid,
+                send_buffer: tb,
+            })
+        })
+        .filter(|s| pids.contains(&s.pid))
+        .collect()
+}
+
+/// Every socket a relay writes into between processes on this host gets the fixed near send
+/// buffer (256 KiB, which the kernel reports as 512 KiB) instead of autotuning's 4 MiB: the
+/// worker's to the client and to the target, `connect`'s to the worker and to the application.
+#[test]
+fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
+    use std::io::Read;
+    const NEAR: u64 = 2 * 256 * 1024;
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
+    for transport in ["tcp", "tls"] {
+        let conn = Connect::start(
+            &dev,
+            &[
+                "connect",
+                "-transport",
+                transport,
+                "-target-id",
+                "ttcp_1234567890",
+            ],
+        );
+        let mut app = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // sshd's banner has come through the whole path.
+        let mut banner = [0u8; 4];
+        app.read_exact(&mut banner).unwrap();
+        assert_eq!(&banner, b"SSH-", "{transport}");
+        let (dev_pid, conn_pid) = (dev.proc.child.id(), conn.proc.child.id());
+        let socks = tcp_sockets(&[dev_pid, conn_pid]);
+        let app_side = app.local_addr().unwrap();
+        let to_app: Vec<_> = socks
+            .iter()
+            .filter(|s| s.pid == conn_pid && s.peer == app_side)
+            .collect();
+        let to_target: Vec<_> = socks
+            .iter()
+            .filter(|s| s.pid == dev_pid && s.peer.port() == sshd.port)
+            .collect();
+        let to_worker: Vec<_> = socks
+            .iter()
+            .filter(|s| {
+                s.pid == conn_pid
+                    && socks
+                        .iter()
+                        .any(|w| w.pid == dev_pid && w.local == s.peer && w.peer == s.local)
+            })
+            .collect();
+        let to_client: Vec<_> = socks
+            .iter()
+            .filter(|s| s.pid == dev_pid && to_worker.iter().any(|c| c.local == s.peer))
+            .collect();
+        for (what, found) in [
+            ("connect -> application", &to_app),
+            ("worker -> target", &to_target),
+            ("connect -> worker", &to_worker),
+            ("worker -> connect", &to_client),
+        ] {
+            assert!(
+                !found.is_empty(),
+                "{transport}: no {what} socket in {socks:?}"
+            );
+            for s in found.iter() {
+                assert_eq!(s.send_buffer, NEAR, "{transport}: {what} socket {s:?}");
+            }
+        }
+        drop(app);
+    }
+}

@@ -22,6 +22,20 @@ fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::pr
     dev.sluice(&args)
 }
 
+/// `sluice connect` to the generated TCP target over `transport`, listening.
+fn connect_over(dev: &Dev, transport: &str) -> Connect {
+    Connect::start(
+        dev,
+        &[
+            "connect",
+            "-transport",
+            transport,
+            "-target-id",
+            "ttcp_1234567890",
+        ],
+    )
+}
+
 #[test]
 fn ssh_works_over_tls_and_allowed_plaintext_tcp() {
     let sshd = Sshd::start();
@@ -231,16 +245,7 @@ fn an_unreachable_target_is_refused_with_its_reason_over_every_transport() {
         "-worker-allow-plaintext",
     ]);
     for transport in ["quic", "tls", "tcp"] {
-        let conn = Connect::start(
-            &dev,
-            &[
-                "connect",
-                "-transport",
-                transport,
-                "-target-id",
-                "ttcp_1234567890",
-            ],
-        );
+        let conn = connect_over(&dev, transport);
         let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
         local
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -404,16 +409,7 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     for transport in ["tcp", "tls"] {
-        let conn = Connect::start(
-            &dev,
-            &[
-                "connect",
-                "-transport",
-                transport,
-                "-target-id",
-                "ttcp_1234567890",
-            ],
-        );
+        let conn = connect_over(&dev, transport);
         let mut app = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
         app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // sshd's banner has come through the whole path.

@@ -313,11 +313,17 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     let top = r
         .paths
         .iter()
-        .map(|p| p.closed_loop_us.max.max(p.open_loop_us.p999))
+        .map(|p| {
+            let one_cpu = p.one_cpu_us.as_ref().map_or(0.0, |c| c.max);
+            p.closed_loop_us.max.max(p.open_loop_us.p999).max(one_cpu)
+        })
         .fold(10.0f64, f64::max);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Round-trip latency, closed loop ({})", r.date),
+            format!(
+                "Round-trip latency, closed loop ({}); thin: every process on one CPU",
+                r.date
+            ),
             ("sans-serif", 20),
         )
         .margin(15)
@@ -351,6 +357,14 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        if let Some(c) = &p.one_cpu_us {
+            let pts: Vec<(f64, f64)> = [c.p50, c.p90, c.p99, c.p999, c.max]
+                .iter()
+                .enumerate()
+                .map(|(x, y)| (x as f64, y.max(5.0)))
+                .collect();
+            chart.draw_series(LineSeries::new(pts, color.stroke_width(1)))?;
+        }
     }
     chart
         .configure_series_labels()

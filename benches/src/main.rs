@@ -382,7 +382,14 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             eprintln!("measuring round trips again, every process on one CPU");
             let hs = closed_loops(&on, n, blocks);
             drop(pinned);
-            one_cpu = hs.into_iter().map(Result::ok).collect();
+            one_cpu = hs
+                .into_iter()
+                .zip(&on)
+                .map(|(h, p)| {
+                    h.map_err(|e| r.skipped.push(format!("{} on one CPU: {e:#}", p.name)))
+                        .ok()
+                })
+                .collect();
         }
         Ok(None) => {}
         Err(e) => r.skipped.push(format!("round trips on one CPU: {e:#}")),

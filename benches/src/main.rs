@@ -376,7 +376,7 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
     let free = closed_loops(&on, n, blocks);
     // The same again with every process on one CPU, which takes the scheduler's placement of
     // the three processes (and the cost of waking an idle CPU) out of the figures.
-    let mut one_cpu: Vec<Option<hdrhistogram::Histogram<u64>>> = on.iter().map(|_| None).collect();
+    let mut one_cpu: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; on.len()];
     match procs::OneCpu::pin() {
         Ok(Some(pinned)) => {
             eprintln!("measuring round trips again, every process on one CPU");

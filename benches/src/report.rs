@@ -343,27 +343,27 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
         })
         .y_desc("microseconds")
         .draw()?;
-    for (i, p) in r.paths.iter().enumerate() {
-        let c = &p.closed_loop_us;
-        let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = [c.p50, c.p90, c.p99, c.p999, c.max]
+    // One point per percentile label, floored at the axis' 5 µs.
+    let points = |c: &Percentiles| -> Vec<(f64, f64)> {
+        [c.p50, c.p90, c.p99, c.p999, c.max]
             .iter()
             .enumerate()
             .map(|(x, y)| (x as f64, y.max(5.0)))
-            .collect();
+            .collect()
+    };
+    for (i, p) in r.paths.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                points(&p.closed_loop_us),
+                color.stroke_width(2),
+            ))?
             .label(p.name.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         if let Some(c) = &p.one_cpu_us {
-            let pts: Vec<(f64, f64)> = [c.p50, c.p90, c.p99, c.p999, c.max]
-                .iter()
-                .enumerate()
-                .map(|(x, y)| (x as f64, y.max(5.0)))
-                .collect();
-            chart.draw_series(LineSeries::new(pts, color.stroke_width(1)))?;
+            chart.draw_series(LineSeries::new(points(c), color.stroke_width(1)))?;
         }
     }
     chart

@@ -804,6 +804,14 @@ pub struct ConnectArgs {
     /// How to reach the worker
     #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
     pub transport: TransportArg,
+    /// Microseconds to keep polling instead of sleeping after relaying a small transfer, which
+    /// cuts the latency `connect` adds to interactive traffic (0: sleep at once)
+    #[arg(
+        long,
+        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
+    )]
+    pub busy_poll_us: u64,
     /// Arguments passed to the client (after --)
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -821,6 +829,14 @@ pub struct ProxyArgs {
     /// How to reach the worker
     #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
     pub transport: TransportArg,
+    /// Microseconds to keep polling instead of sleeping after relaying a small transfer
+    /// (0: sleep at once)
+    #[arg(
+        long,
+        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
+    )]
+    pub busy_poll_us: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -857,6 +873,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     exec: None,
                     username: None,
                     transport: p.transport,
+                    busy_poll_us: p.busy_poll_us,
                     args: vec![],
                 },
             )

@@ -32,15 +32,19 @@ fn main() -> ExitCode {
     };
     // `connect` drives one QUIC connection: one thread keeps quinn's driver, the streams and
     // the local sockets together, without cross-thread wake-ups (measured: fewer context
-    // switches and more throughput than a two-thread runtime).
-    let builder = match cli.command {
-        args::Command::Connect(_) | args::Command::Proxy(_) => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+    // switches and more throughput than a two-thread runtime). That thread polls for a short
+    // window after each small transfer, as worker threads do, instead of sleeping until the
+    // answer arrives (docs/design.md, "Busy polling in connect").
+    let (builder, busy_poll) = match &cli.command {
+        args::Command::Connect(args::ConnectArgs { busy_poll_us, .. })
+        | args::Command::Proxy(args::ProxyArgs { busy_poll_us, .. }) => (
+            tokio::runtime::Builder::new_current_thread(),
+            std::time::Duration::from_micros(*busy_poll_us),
+        ),
         _ => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
-            b
+            (b, std::time::Duration::ZERO)
         }
     };
     let mut builder = builder;
@@ -51,7 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(args::run(cli)) {
+    match rt.block_on(sluice_dataplane::with_busy_polling(
+        busy_poll,
+        args::run(cli),
+    )) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");

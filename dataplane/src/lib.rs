@@ -31,6 +31,7 @@ mod uring;
 pub use pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};
+pub use spin::with_polling as with_busy_polling;
 pub use spin::DEFAULT_WINDOW as DEFAULT_BUSY_POLL;
 pub use uring::IoDriver;
 

@@ -84,7 +84,13 @@ pub(crate) fn moved(n: usize) {
 /// Runs `fut` with a polling window of `length` after each small transfer on this thread
 /// (`Duration::ZERO`: no polling). `fut` must be what the thread runs for its whole life: the
 /// window belongs to the thread, and its few bytes are kept until the process exits.
-pub(crate) async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F::Output {
+///
+/// Worker threads run under it, and so does `sluice connect` (one thread), whose relays call
+/// the same [`moved`]: a round trip through the full path wakes `connect` twice, and each
+/// wake-up of a sleeping process costs about as much as a wake-up of the worker.
+/// The runtime must be single-threaded (Tokio's `current_thread`): relays on other threads
+/// would not open this window.
+pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F::Output {
     if length.is_zero() {
         return fut.await;
     }

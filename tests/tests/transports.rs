@@ -193,6 +193,68 @@ fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
     );
 }
 
+/// `connect` polls too, for the same window after each small transfer (its relays share the
+/// worker's). Left running between sessions of interactive traffic, it must sleep again once the
+/// traffic stops, whatever its window, or it would hold a core of the user's machine.
+#[test]
+fn a_connect_left_running_goes_back_to_sleep_after_interactive_traffic() {
+    let sshd = Sshd::start();
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
+    let mut connects = Vec::new();
+    for (transport, window) in [("quic", None), ("tls", None), ("tcp", Some("1000000"))] {
+        let mut args = vec![
+            "connect",
+            "-transport",
+            transport,
+            "-target-id",
+            "ttcp_1234567890",
+        ];
+        if let Some(w) = window {
+            args.extend(["-busy-poll-us", w]);
+        }
+        let conn = Connect::start(&dev, &args);
+        let out = sshd
+            .ssh(conn.port, "for i in $(seq 1 200); do echo line-$i; done")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 200, "{transport}");
+        connects.push((transport, conn));
+    }
+    // The longest window above is a second from the last transfer; then watch an idle second
+    // and a half.
+    std::thread::sleep(Duration::from_millis(1200));
+    let ticks_per_s = 100; // USER_HZ on Linux
+    let before: Vec<u64> = connects
+        .iter()
+        .map(|(_, c)| cpu_ticks(c.proc.child.id()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for ((transport, c), before) in connects.iter().zip(before) {
+        let used = cpu_ticks(c.proc.child.id()) - before;
+        // A thread still polling uses about 150 ticks here; an idle connect none or one.
+        assert!(
+            used * 1000 / ticks_per_s < 200,
+            "connect over {transport} used {} ms of CPU in 1.5 s with no traffic",
+            used * 1000 / ticks_per_s
+        );
+    }
+    // A window past the longest a worker accepts is refused before anything starts.
+    let out = dev.sluice(&[
+        "connect",
+        "-target-id",
+        "ttcp_1234567890",
+        "-busy-poll-us",
+        "1000001",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("1000001") && err.contains("busy-poll-us"),
+        "the refusal names the value and the flag: {err}"
+    );
+}
+
 #[test]
 fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() {
     let sshd = Sshd::start();

@@ -220,6 +220,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut stuck = StuckWrite::default();
     let mut read_ahead = false;
     let mut share = AheadShare::default();
+    let mut dir = crate::spin::Direction::default();
     std::future::poll_fn(|cx| {
         for _ in 0..PASSES_PER_POLL {
             let mut moved = false;
@@ -278,7 +279,7 @@ pub(crate) async fn copy_pooled<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         c.start += n;
                         queued -= n;
                         count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        crate::spin::moved(n);
+                        dir.moved(n);
                         flushed = false;
                         moved = true;
                         stuck.moved();

@@ -150,6 +150,7 @@ pub async fn relay_after(
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
     let to_tcp = async {
+        let mut dir = crate::spin::Direction::default();
         let mut early = early;
         if let Some(answer) = answer {
             let mut buf = BytesMut::from(&early[..]);
@@ -190,7 +191,7 @@ pub async fn relay_after(
                         .await
                         .map_err(|e| format!("write to socket: {e}"))?;
                     counts.written_to_tcp(len);
-                    crate::spin::moved(len);
+                    dir.moved(len);
                 }
                 Ok(None) => {
                     let _ = tw.shutdown().await;
@@ -202,6 +203,7 @@ pub async fn relay_after(
         }
     };
     let to_quic = async {
+        let mut dir = crate::spin::Direction::default();
         // Reads start small and double while they come back full, so bulk transfers reach
         // READ_CHUNK within a few reads and idle connections keep 16 KiB.
         let mut want = FIRST_READ;
@@ -259,7 +261,7 @@ pub async fn relay_after(
                     pending.drain(..written.chunks);
                     queued -= written.bytes;
                     counts.taken_by_quic(written.bytes);
-                    crate::spin::moved(written.bytes);
+                    dir.moved(written.bytes);
                     stuck.moved();
                     read_ahead = false;
                 }

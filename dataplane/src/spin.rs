@@ -67,7 +67,7 @@ thread_local! {
 /// the window. Costs one thread-local read on a thread without polling.
 #[inline]
 pub(crate) fn moved(n: usize) {
-    if n > SMALL {
+    if n == 0 || n > SMALL {
         return;
     }
     WINDOW.with(|w| {
@@ -79,6 +79,37 @@ pub(crate) fn moved(n: usize) {
             }
         }
     });
+}
+
+/// One direction of one relay, as the window sees it: its first transfer opens no window, the
+/// later ones go to [`moved`].
+///
+/// A connection that carries one request and its answer, then closes (a health check, a
+/// one-shot HTTP request, the harness's new-connection round), has nothing to wait for after
+/// it, and a thread polling then only competes for the cores with the processes that close it
+/// and open the next one. With `connect` polling after every transfer, a new connection's first
+/// echoed byte came 25-50 µs later; letting a request's first transfer open the window (its
+/// answer is on the way) did not win that back (docs/design.md, "Busy polling in connect").
+/// Interactive traffic goes back and forth many times on one connection, and polls from the
+/// second transfer each way.
+#[derive(Debug, Default)]
+pub(crate) struct Direction {
+    moved_before: bool,
+}
+
+impl Direction {
+    /// Records that this direction moved `n` bytes (see [`moved`]).
+    #[inline]
+    pub(crate) fn moved(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.moved_before {
+            moved(n);
+        } else {
+            self.moved_before = true;
+        }
+    }
 }
 
 /// Runs `fut` with a polling window of `length` after each small transfer on this thread
@@ -255,6 +286,26 @@ mod tests {
         }));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         neighbour.join().unwrap();
+    }
+
+    #[test]
+    fn a_relay_direction_polls_from_its_second_transfer_on() {
+        runtime().block_on(with_polling(Duration::from_millis(20), async {
+            let mut dir = Direction::default();
+            // Zero bytes (a send that would block, an end of stream) is no transfer.
+            moved(0);
+            dir.moved(0);
+            dir.moved(64);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(
+                turns(),
+                Some(0),
+                "a direction's first transfer opens no window"
+            );
+            dir.moved(64);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(turns().unwrap() > 0, "its second does");
+        }));
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn copy_small(
     pw: &OwnedFd,
     limit: usize,
     count: &AtomicU64,
+    dir: &mut crate::spin::Direction,
 ) -> std::io::Result<Small> {
     use std::os::fd::AsRawFd;
     SCRATCH.with(|scratch| {
@@ -140,7 +141,7 @@ fn copy_small(
             Err(e) => return Err(e),
         };
         count.fetch_add(sent as u64, Ordering::Relaxed);
-        crate::spin::moved(sent);
+        dir.moved(sent);
         // The pipe is empty and holds at least `limit` bytes, so the rest fits.
         let mut queued = sent;
         while queued < n {
@@ -180,12 +181,13 @@ async fn one_way_through(
     // Whether reads go through the buffer (small transfers) or the pipe (bulk): a full buffer
     // switches to the pipe, a small splice back.
     let mut small = true;
+    let mut dir = crate::spin::Direction::default();
     loop {
         let mut moved = false;
         // Fill while the source has bytes and the pipe has room.
         let mut wait_src = false;
         if !eof && small && in_pipe == 0 {
-            match copy_small(src, dst, &pw, limit, count)? {
+            match copy_small(src, dst, &pw, limit, count, &mut dir)? {
                 Small::Read { n: 0, .. } => {
                     eof = true;
                     moved = true;
@@ -233,7 +235,7 @@ async fn one_way_through(
                 Ok(m) => {
                     in_pipe -= m;
                     count.fetch_add(m as u64, Ordering::Relaxed);
-                    crate::spin::moved(m);
+                    dir.moved(m);
                     moved = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_dst = true,

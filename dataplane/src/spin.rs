@@ -116,9 +116,9 @@ impl Direction {
 /// (`Duration::ZERO`: no polling). `fut` must be what the thread runs for its whole life: the
 /// window belongs to the thread, and its few bytes are kept until the process exits.
 ///
-/// Worker threads run under it, and so does `sluice connect` (one thread), whose relays call
-/// the same [`moved`]: a round trip through the full path wakes `connect` twice, and each
-/// wake-up of a sleeping process costs about as much as a wake-up of the worker.
+/// Worker threads run under it, and so does `sluice connect`'s one thread, whose relays are the
+/// worker's own: without it, a round trip through the full path wakes a sleeping `connect`
+/// twice (for the request and for the answer), each wake-up as costly as the worker's.
 /// The runtime must be single-threaded (Tokio's `current_thread`): relays on other threads
 /// would not open this window.
 pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F::Output {

@@ -190,7 +190,10 @@ pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> 
 /// host counts as near whatever its handshake took: on a loaded machine a loopback handshake
 /// can take over 100 µs, and the path is no longer for it.
 pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
-    match send_buffer_for(on_this_host(s), round_trip(s)) {
+    // The address alone decides for a peer on this host; its round trip is read only otherwise.
+    let same_host = on_this_host(s);
+    let rtt = if same_host { None } else { round_trip(s) };
+    match send_buffer_for(same_host, rtt) {
         Some(n) => socket2::SockRef::from(s).set_send_buffer_size(n).is_ok(),
         None => false,
     }

@@ -22,18 +22,17 @@ fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::pr
     dev.sluice(&args)
 }
 
-/// `sluice connect` to the generated TCP target over `transport`, listening.
-fn connect_over(dev: &Dev, transport: &str) -> Connect {
-    Connect::start(
-        dev,
-        &[
-            "connect",
-            "-transport",
-            transport,
-            "-target-id",
-            "ttcp_1234567890",
-        ],
-    )
+/// `sluice connect` to the generated TCP target over `transport`, with `extra` flags, listening.
+fn connect_over(dev: &Dev, transport: &str, extra: &[&str]) -> Connect {
+    let mut args = vec![
+        "connect",
+        "-transport",
+        transport,
+        "-target-id",
+        "ttcp_1234567890",
+    ];
+    args.extend(extra);
+    Connect::start(dev, &args)
 }
 
 #[test]
@@ -157,6 +156,17 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// Milliseconds of CPU each of `pids` uses while the test waits `quiet`.
+fn cpu_ms_during(pids: &[u32], quiet: Duration) -> Vec<u64> {
+    let ticks_per_s = 100; // USER_HZ on Linux
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    std::thread::sleep(quiet);
+    pids.iter()
+        .zip(before)
+        .map(|(&p, b)| (cpu_ticks(p) - b) * 1000 / ticks_per_s)
+        .collect()
+}
+
 /// The worker polls for a moment after each small transfer instead of sleeping (crate `spin`),
 /// which an interactive session makes all the time. Once the traffic stops, it must sleep
 /// again: a worker that kept polling would hold a core for as long as it runs.
@@ -181,15 +191,11 @@ fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
     // Sessions end (the clients are gone) and the window closes within microseconds; leave
     // time for the last events, then watch an idle second and a half.
     std::thread::sleep(Duration::from_millis(500));
-    let ticks_per_s = 100; // USER_HZ on Linux
-    let before = cpu_ticks(pid);
-    std::thread::sleep(Duration::from_millis(1500));
-    let used = cpu_ticks(pid) - before;
-    // A thread still polling uses about 150 ticks here; an idle dev a few at most.
+    let used = cpu_ms_during(&[pid], Duration::from_millis(1500))[0];
+    // A thread still polling uses about 1.5 s here; an idle dev a few tens of ms at most.
     assert!(
-        used * 1000 / ticks_per_s < 400,
-        "sluice dev used {} ms of CPU in 1.5 s with no traffic",
-        used * 1000 / ticks_per_s
+        used < 400,
+        "sluice dev used {used} ms of CPU in 1.5 s with no traffic"
     );
 }
 
@@ -201,18 +207,12 @@ fn a_connect_left_running_goes_back_to_sleep_after_interactive_traffic() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     let mut connects = Vec::new();
-    for (transport, window) in [("quic", None), ("tls", None), ("tcp", Some("1000000"))] {
-        let mut args = vec![
-            "connect",
-            "-transport",
-            transport,
-            "-target-id",
-            "ttcp_1234567890",
-        ];
-        if let Some(w) = window {
-            args.extend(["-busy-poll-us", w]);
-        }
-        let conn = Connect::start(&dev, &args);
+    for (transport, extra) in [
+        ("quic", &[][..]),
+        ("tls", &[]),
+        ("tcp", &["-busy-poll-us", "1000000"]),
+    ] {
+        let conn = connect_over(&dev, transport, extra);
         let out = sshd
             .ssh(conn.port, "for i in $(seq 1 200); do echo line-$i; done")
             .output()
@@ -224,19 +224,13 @@ fn a_connect_left_running_goes_back_to_sleep_after_interactive_traffic() {
     // The longest window above is a second from the last transfer; then watch an idle second
     // and a half.
     std::thread::sleep(Duration::from_millis(1200));
-    let ticks_per_s = 100; // USER_HZ on Linux
-    let before: Vec<u64> = connects
-        .iter()
-        .map(|(_, c)| cpu_ticks(c.proc.child.id()))
-        .collect();
-    std::thread::sleep(Duration::from_millis(1500));
-    for ((transport, c), before) in connects.iter().zip(before) {
-        let used = cpu_ticks(c.proc.child.id()) - before;
-        // A thread still polling uses about 150 ticks here; an idle connect none or one.
+    let pids: Vec<u32> = connects.iter().map(|(_, c)| c.proc.child.id()).collect();
+    let used = cpu_ms_during(&pids, Duration::from_millis(1500));
+    for ((transport, _), used) in connects.iter().zip(used) {
+        // A thread still polling uses about 1.5 s here; an idle connect 10 ms at most.
         assert!(
-            used * 1000 / ticks_per_s < 200,
-            "connect over {transport} used {} ms of CPU in 1.5 s with no traffic",
-            used * 1000 / ticks_per_s
+            used < 200,
+            "connect over {transport} used {used} ms of CPU in 1.5 s with no traffic"
         );
     }
     // A window past the longest a worker accepts is refused before anything starts.
@@ -307,7 +301,7 @@ fn an_unreachable_target_is_refused_with_its_reason_over_every_transport() {
         "-worker-allow-plaintext",
     ]);
     for transport in ["quic", "tls", "tcp"] {
-        let conn = connect_over(&dev, transport);
+        let conn = connect_over(&dev, transport, &[]);
         let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
         local
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -472,7 +466,7 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     for transport in ["tcp", "tls"] {
-        let conn = connect_over(&dev, transport);
+        let conn = connect_over(&dev, transport, &[]);
         let mut app = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
         app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // sshd's banner has come through the whole path.

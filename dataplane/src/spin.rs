@@ -137,8 +137,15 @@ pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F
     }));
     WINDOW.with(|w| w.set(Some(window)));
     let poller = async {
+        let mut first = true;
         loop {
             window.wake.notified().await;
+            if first {
+                // Once per thread, so `SLUICE_LOG=debug` shows that polling is on without a
+                // line per keystroke.
+                tracing::debug!(window = ?length, "busy polling after a small transfer");
+                first = false;
+            }
             let switches = involuntary_switches();
             loop {
                 let turn = Instant::now();

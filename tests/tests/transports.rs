@@ -22,8 +22,9 @@ fn ssh_through(dev: &Dev, sshd: &Sshd, transport: &str, remote: &str) -> std::pr
     dev.sluice(&args)
 }
 
-/// `sluice connect` to the generated TCP target over `transport`, with `extra` flags, listening.
-fn connect_over(dev: &Dev, transport: &str, extra: &[&str]) -> Connect {
+/// The command of a `sluice connect` to the generated TCP target over `transport`, with `extra`
+/// flags.
+fn connect_cmd(dev: &Dev, transport: &str, extra: &[&str]) -> std::process::Command {
     let mut args = vec![
         "connect",
         "-transport",
@@ -32,7 +33,12 @@ fn connect_over(dev: &Dev, transport: &str, extra: &[&str]) -> Connect {
         "ttcp_1234567890",
     ];
     args.extend(extra);
-    Connect::start(dev, &args)
+    dev.cmd(&args)
+}
+
+/// [`connect_cmd`], started and listening.
+fn connect_over(dev: &Dev, transport: &str, extra: &[&str]) -> Connect {
+    Connect::from_cmd(connect_cmd(dev, transport, extra))
 }
 
 #[test]
@@ -200,10 +206,11 @@ fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
 }
 
 /// `connect` polls too, for the same window after each small transfer (its relays share the
-/// worker's). Left running between sessions of interactive traffic, it must sleep again once the
-/// traffic stops, whatever its window, or it would hold a core of the user's machine.
+/// worker's), unless told not to. Left running between sessions of interactive traffic, it must
+/// sleep again once the traffic stops, whatever its window, or it would hold a core of the
+/// user's machine.
 #[test]
-fn a_connect_left_running_goes_back_to_sleep_after_interactive_traffic() {
+fn a_connect_left_running_polls_during_interactive_traffic_then_sleeps() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     let mut connects = Vec::new();
@@ -211,22 +218,36 @@ fn a_connect_left_running_goes_back_to_sleep_after_interactive_traffic() {
         ("quic", &[][..]),
         ("tls", &[]),
         ("tcp", &["-busy-poll-us", "1000000"]),
+        ("quic", &["-busy-poll-us", "0"]),
     ] {
-        let conn = connect_over(&dev, transport, extra);
+        let mut cmd = connect_cmd(&dev, transport, extra);
+        cmd.env("SLUICE_LOG", "sluice_dataplane::spin=debug");
+        let conn = Connect::from_cmd(cmd);
         let out = sshd
             .ssh(conn.port, "for i in $(seq 1 200); do echo line-$i; done")
             .output()
             .unwrap();
         assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).lines().count(), 200, "{transport}");
-        connects.push((transport, conn));
+        connects.push((transport, extra, conn));
     }
     // The longest window above is a second from the last transfer; then watch an idle second
     // and a half.
     std::thread::sleep(Duration::from_millis(1200));
-    let pids: Vec<u32> = connects.iter().map(|(_, c)| c.proc.child.id()).collect();
+    let pids: Vec<u32> = connects.iter().map(|(_, _, c)| c.proc.child.id()).collect();
     let used = cpu_ms_during(&pids, Duration::from_millis(1500));
-    for ((transport, _), used) in connects.iter().zip(used) {
+    for ((transport, extra, c), used) in connects.iter().zip(used) {
+        // The polling thread says so once it starts (spin.rs), and only with a window.
+        let polled = c
+            .proc
+            .stderr()
+            .contains("busy polling after a small transfer");
+        assert_eq!(
+            polled,
+            *extra != ["-busy-poll-us", "0"],
+            "connect over {transport} {extra:?}: {}",
+            c.proc.stderr()
+        );
         // A thread still polling uses about 1.5 s here; an idle connect 10 ms at most.
         assert!(
             used < 200,

@@ -958,6 +958,7 @@ impl Controller {
                 }
             }
             writes.extend(self.end_sessions_of_dead_workers(&mut st, now));
+            writes.extend(delete_old_sessions(&mut st, now));
             let n = writes.len();
             if n == 0 {
                 return Ok(0);
@@ -967,6 +968,57 @@ impl Controller {
         done.1.await?;
         Ok(done.0)
     }
+}
+
+/// How long a terminated session stays readable (`sessions read`, `sessions list
+/// -include-terminated`) before the sweep deletes it with its connections, as Boundary's
+/// delete-terminated-sessions job does after an hour. Without it every session and every
+/// connection ever made stayed in memory and in the store: about 1 KiB of memory per
+/// connection, and a sweep that visits every session each second.
+pub(crate) const TERMINATED_RETENTION: SignedDuration = SignedDuration::from_secs(3600);
+
+/// At most this many sessions are deleted by one sweep (one commit), so that a backlog after
+/// an upgrade does not hold the state for long; the next sweep, a second later, goes on.
+const DELETE_PER_SWEEP: usize = 1_000;
+
+/// Removes the sessions terminated longer ago than [`TERMINATED_RETENTION`] whose tokens have
+/// also expired (until then a worker that restarts is told of the session's end, so the token
+/// cannot start it again); the writes that delete them and their connections.
+fn delete_old_sessions(st: &mut State, now: Timestamp) -> Vec<Write> {
+    let old: Vec<String> = st
+        .sessions
+        .values()
+        .filter(|s| {
+            s.status() == SessionStatus::Terminated
+                && s.expiration_time <= now
+                && s.states
+                    .first()
+                    .is_some_and(|r| r.start_time + TERMINATED_RETENTION <= now)
+        })
+        .map(|s| s.id.clone())
+        .take(DELETE_PER_SWEEP)
+        .collect();
+    let mut writes = Vec::new();
+    let mut deleted = 0;
+    for id in old {
+        let Some(s) = st.sessions.remove(&id) else {
+            continue;
+        };
+        st.connection_index.remove(&id);
+        writes.extend(
+            (0..s.connections.len())
+                .map(|i| Write::Delete(Table::Connections, sessions::connection_key(&id, i))),
+        );
+        writes.push(Write::Delete(Table::Sessions, id));
+        deleted += 1;
+    }
+    if deleted > 0 {
+        info!(
+            sessions = deleted,
+            "deleted sessions terminated over an hour ago"
+        );
+    }
+    writes
 }
 
 /// Applies one worker event to the state; the write that stores what it changed, if anything.
@@ -1338,6 +1390,123 @@ mod tests {
         before.states.remove(0);
         before.termination_reason = None;
         check(&before);
+    }
+
+    /// The sweep deletes a session, with its connections, once it has been terminated for
+    /// over an hour and its token has expired; not before either, and nothing else.
+    #[tokio::test(flavor = "current_thread")]
+    async fn sessions_terminated_over_an_hour_ago_are_deleted_once_their_tokens_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (c, p, old) = with_session(&path).await;
+        let authorize = || async {
+            c.authorize_session(&p, dev_ids::TARGET, None)
+                .await
+                .unwrap()
+                .session
+                .id
+        };
+        let (still_valid, recent, active) =
+            (authorize().await, authorize().await, authorize().await);
+        let now_ms = Timestamp::now().as_millisecond() as u64;
+        let two_hours_ago = now_ms - 2 * 3_600_000;
+        let mut events = Vec::new();
+        for (sid, ended_ms) in [
+            (&old, Some(two_hours_ago)),
+            (&still_valid, Some(two_hours_ago)),
+            (&recent, Some(now_ms - 600_000)),
+            (&active, None),
+        ] {
+            let at = ended_ms.unwrap_or(now_ms) - 1_000;
+            events.push(WorkerEvent::SessionActivated {
+                session_id: sid.clone(),
+                at_ms: at,
+            });
+            for n in 0..3 {
+                let connection_id = format!("{sid}_c{n}");
+                events.push(WorkerEvent::ConnectionOpened {
+                    session_id: sid.clone(),
+                    connection_id: connection_id.clone(),
+                    client_addr: "127.0.0.1:5000".into(),
+                    endpoint_addr: "127.0.0.1:22".into(),
+                    at_ms: at,
+                });
+                events.push(WorkerEvent::ConnectionClosed {
+                    session_id: sid.clone(),
+                    connection_id,
+                    bytes_up: 1,
+                    bytes_down: 2,
+                    reason: ConnectionClosedReason::ClosedByEndUser,
+                    at_ms: at,
+                });
+            }
+            if let Some(ended) = ended_ms {
+                events.push(WorkerEvent::SessionClosed {
+                    session_id: sid.clone(),
+                    reason: TerminationReason::ClosedByEndUser,
+                    at_ms: ended,
+                });
+            }
+        }
+        c.apply_events(events).await.unwrap();
+        // Time passes for every token but one.
+        {
+            let mut st = c.state();
+            for sid in [&old, &recent, &active] {
+                st.sessions.get_mut(sid).unwrap().expiration_time =
+                    Timestamp::now() - SignedDuration::from_secs(1);
+            }
+        }
+        c.sweep().await.unwrap();
+
+        let err = c.read_session(&p, &old).unwrap_err();
+        assert!(err.message.contains("not found"), "{}", err.message);
+        let listed: Vec<String> = c
+            .list_sessions(&p, dev_ids::PROJECT, true)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert!(!listed.contains(&old), "{listed:?}");
+        for sid in [&still_valid, &recent] {
+            let s = c.read_session(&p, sid).unwrap();
+            assert_eq!(s.status(), SessionStatus::Terminated);
+            assert_eq!(s.connections.len(), 3);
+            assert!(listed.contains(sid), "{listed:?}");
+        }
+        assert_eq!(
+            c.read_session(&p, &active).unwrap().status(),
+            SessionStatus::Active
+        );
+        // An event the worker replays for the deleted session changes nothing.
+        c.apply_event(WorkerEvent::ConnectionOpened {
+            session_id: old.clone(),
+            connection_id: "late".into(),
+            client_addr: "127.0.0.1:5000".into(),
+            endpoint_addr: "127.0.0.1:22".into(),
+            at_ms: now_ms,
+        })
+        .await
+        .unwrap();
+        assert!(c.read_session(&p, &old).is_err());
+
+        // Deleted from the store too, connections and all; the others are untouched.
+        drop(c);
+        let sessions = stored(&path, Table::Sessions);
+        assert!(sessions.iter().all(|(k, _)| *k != old));
+        let conns = stored(&path, Table::Connections);
+        assert!(
+            conns
+                .iter()
+                .all(|(k, _)| !k.starts_with(&format!("{old}/"))),
+            "{conns:?}"
+        );
+        assert_eq!(conns.len(), 9, "three for each session kept: {conns:?}");
+        let again = open(&path);
+        assert!(again.read_session(&p, &old).is_err());
+        for sid in [&still_valid, &recent, &active] {
+            assert_eq!(again.read_session(&p, sid).unwrap().connections.len(), 3);
+        }
     }
 
     fn stored(path: &std::path::Path, table: Table) -> Vec<(String, serde_json::Value)> {

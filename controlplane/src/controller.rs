@@ -1291,6 +1291,30 @@ mod tests {
         c
     }
 
+    /// A worker's report that connection `id` of session `sid` opened at `at_ms`.
+    fn opened(sid: &str, id: &str, at_ms: u64) -> WorkerEvent {
+        WorkerEvent::ConnectionOpened {
+            session_id: sid.into(),
+            connection_id: id.into(),
+            client_addr: "127.0.0.1:5000".into(),
+            endpoint_addr: "127.0.0.1:22".into(),
+            at_ms,
+        }
+    }
+
+    /// A worker's report that connection `id` of session `sid` closed after moving `up`
+    /// and `down` bytes.
+    fn closed(sid: &str, id: &str, (up, down): (u64, u64), at_ms: u64) -> WorkerEvent {
+        WorkerEvent::ConnectionClosed {
+            session_id: sid.into(),
+            connection_id: id.into(),
+            bytes_up: up,
+            bytes_down: down,
+            reason: ConnectionClosedReason::ClosedByEndUser,
+            at_ms,
+        }
+    }
+
     /// A controller on `path`, the dev admin's principal, and a new session of the dev target.
     async fn with_session(path: &std::path::Path) -> (Arc<Controller>, Principal, String) {
         let c = open(path);
@@ -1316,29 +1340,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let (c, p, sid) = with_session(&path).await;
-        let opened = |conn: &str, at_ms| WorkerEvent::ConnectionOpened {
-            session_id: sid.clone(),
-            connection_id: conn.into(),
-            client_addr: "127.0.0.1:5000".into(),
-            endpoint_addr: "127.0.0.1:22".into(),
-            at_ms,
-        };
         let first = [
             WorkerEvent::SessionActivated {
                 session_id: sid.clone(),
                 at_ms: 1_000,
             },
-            opened("c1", 1_001),
-            WorkerEvent::ConnectionClosed {
-                session_id: sid.clone(),
-                connection_id: "c1".into(),
-                bytes_up: 10,
-                bytes_down: 20,
-                reason: ConnectionClosedReason::ClosedByEndUser,
-                at_ms: 1_002,
-            },
+            opened(&sid, "c1", 1_001),
+            closed(&sid, "c1", (10, 20), 1_002),
         ];
-        let second = [opened("c2", 1_003)];
+        let second = [opened(&sid, "c2", 1_003)];
         // The first batch in one commit (c1 opened and closed in it), then its events again
         // one by one after a "reconnect", then both, then the first once more.
         c.apply_events(first.to_vec()).await.unwrap();
@@ -1423,22 +1433,9 @@ mod tests {
                 at_ms: at,
             });
             for n in 0..3 {
-                let connection_id = format!("{sid}_c{n}");
-                events.push(WorkerEvent::ConnectionOpened {
-                    session_id: sid.clone(),
-                    connection_id: connection_id.clone(),
-                    client_addr: "127.0.0.1:5000".into(),
-                    endpoint_addr: "127.0.0.1:22".into(),
-                    at_ms: at,
-                });
-                events.push(WorkerEvent::ConnectionClosed {
-                    session_id: sid.clone(),
-                    connection_id,
-                    bytes_up: 1,
-                    bytes_down: 2,
-                    reason: ConnectionClosedReason::ClosedByEndUser,
-                    at_ms: at,
-                });
+                let id = format!("{sid}_c{n}");
+                events.push(opened(sid, &id, at));
+                events.push(closed(sid, &id, (1, 2), at));
             }
             if let Some(ended) = ended_ms {
                 events.push(WorkerEvent::SessionClosed {
@@ -1479,15 +1476,7 @@ mod tests {
             SessionStatus::Active
         );
         // An event the worker replays for the deleted session changes nothing.
-        c.apply_event(WorkerEvent::ConnectionOpened {
-            session_id: old.clone(),
-            connection_id: "late".into(),
-            client_addr: "127.0.0.1:5000".into(),
-            endpoint_addr: "127.0.0.1:22".into(),
-            at_ms: now_ms,
-        })
-        .await
-        .unwrap();
+        c.apply_event(opened(&old, "late", now_ms)).await.unwrap();
         assert!(c.read_session(&p, &old).is_err());
 
         // Deleted from the store too, connections and all; the others are untouched.
@@ -1528,26 +1517,11 @@ mod tests {
         // so their times cannot order them.
         let ids: Vec<String> = (0..12).map(|i| format!("c{}", 12 - i)).collect();
         for id in &ids {
-            c.apply_event(WorkerEvent::ConnectionOpened {
-                session_id: sid.clone(),
-                connection_id: id.clone(),
-                client_addr: "127.0.0.1:5000".into(),
-                endpoint_addr: "127.0.0.1:22".into(),
-                at_ms: 5_000,
-            })
+            c.apply_event(opened(&sid, id, 5_000)).await.unwrap();
+        }
+        c.apply_event(closed(&sid, &ids[3], (7, 9), 5_001))
             .await
             .unwrap();
-        }
-        c.apply_event(WorkerEvent::ConnectionClosed {
-            session_id: sid.clone(),
-            connection_id: ids[3].clone(),
-            bytes_up: 7,
-            bytes_down: 9,
-            reason: ConnectionClosedReason::ClosedByEndUser,
-            at_ms: 5_001,
-        })
-        .await
-        .unwrap();
         let served = c.read_session(&p, &sid).unwrap();
         drop(c);
 
@@ -1611,21 +1585,8 @@ mod tests {
         // opening adds nothing, and a close reaches the connection it names.
         twice
             .apply_events(vec![
-                WorkerEvent::ConnectionOpened {
-                    session_id: sid.clone(),
-                    connection_id: ids[0].clone(),
-                    client_addr: "127.0.0.1:5000".into(),
-                    endpoint_addr: "127.0.0.1:22".into(),
-                    at_ms: 5_000,
-                },
-                WorkerEvent::ConnectionClosed {
-                    session_id: sid.clone(),
-                    connection_id: ids[7].clone(),
-                    bytes_up: 11,
-                    bytes_down: 13,
-                    reason: ConnectionClosedReason::ClosedByEndUser,
-                    at_ms: 5_002,
-                },
+                opened(&sid, &ids[0], 5_000),
+                closed(&sid, &ids[7], (11, 13), 5_002),
             ])
             .await
             .unwrap();

@@ -15,9 +15,20 @@ use sha2::{Digest, Sha256};
 /// The DNS name in every worker certificate; the client checks it.
 pub const WORKER_SERVER_NAME: &str = "worker.sluice.internal";
 
-/// The crypto provider used everywhere: ring (aws-lc-rs costs ~90 s of build).
+/// The crypto provider used everywhere: ring (aws-lc-rs costs ~90 s of build), with
+/// TLS_AES_128_GCM_SHA256 first. ring's default puts TLS_AES_256_GCM_SHA384 first, whose key
+/// schedule hashes with SHA-384: every `-transport tls` connection runs that key schedule
+/// (resumed or not), and SHA-256 has this CPU's SHA extensions.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// SHA-256 of a certificate's DER: how tokens pin the cluster CA.

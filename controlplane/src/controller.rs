@@ -959,6 +959,7 @@ impl Controller {
             }
             writes.extend(self.end_sessions_of_dead_workers(&mut st, now));
             writes.extend(delete_old_sessions(&mut st, now));
+            writes.extend(delete_expired_tokens(&mut st, now));
             let n = writes.len();
             if n == 0 {
                 return Ok(0);
@@ -1019,6 +1020,27 @@ fn delete_old_sessions(st: &mut State, now: Timestamp) -> Vec<Write> {
         );
     }
     writes
+}
+
+/// Removes auth tokens past their expiration (at most [`DELETE_PER_SWEEP`] at a time); the
+/// writes that delete them. An expired token is refused exactly as one that does not exist
+/// ("invalid or has expired"), so nothing a user sees changes; without this every
+/// `authenticate` left a token in memory and in the store for good.
+fn delete_expired_tokens(st: &mut State, now: Timestamp) -> Vec<Write> {
+    let expired: Vec<String> = st
+        .auth_tokens
+        .iter()
+        .filter(|(_, t)| t.expiration_time <= now)
+        .map(|(id, _)| id.clone())
+        .take(DELETE_PER_SWEEP)
+        .collect();
+    for id in &expired {
+        st.auth_tokens.remove(id);
+    }
+    expired
+        .into_iter()
+        .map(|id| Write::Delete(Table::AuthTokens, id))
+        .collect()
 }
 
 /// Applies one worker event to the state; the write that stores what it changed, if anything.
@@ -1496,6 +1518,46 @@ mod tests {
         for sid in [&still_valid, &recent, &active] {
             assert_eq!(again.read_session(&p, sid).unwrap().connections.len(), 3);
         }
+    }
+
+    /// The sweep deletes an expired auth token from memory and the store; a valid one stays,
+    /// and the expired one is refused as before.
+    #[tokio::test(flavor = "current_thread")]
+    async fn expired_auth_tokens_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let c = open(&path);
+        let old = c
+            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
+            .await
+            .unwrap();
+        let kept = c
+            .authenticate(dev_ids::AUTH_METHOD, "admin", "password")
+            .await
+            .unwrap();
+        c.state()
+            .auth_tokens
+            .get_mut(&old.token.id)
+            .unwrap()
+            .expiration_time = Timestamp::now() - SignedDuration::from_secs(1);
+        c.sweep().await.unwrap();
+        let err = c.principal(Some(&old.bearer)).unwrap_err();
+        assert!(
+            err.message.contains("invalid or has expired"),
+            "{}",
+            err.message
+        );
+        let p = c.principal(Some(&kept.bearer)).unwrap();
+        let ids: Vec<String> = c.list_auth_tokens(&p).into_iter().map(|t| t.id).collect();
+        assert!(!ids.contains(&old.token.id), "{ids:?}");
+        assert!(ids.contains(&kept.token.id), "{ids:?}");
+        drop(c);
+        let stored_ids: Vec<String> = stored(&path, Table::AuthTokens)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(!stored_ids.contains(&old.token.id), "{stored_ids:?}");
+        assert!(stored_ids.contains(&kept.token.id), "{stored_ids:?}");
     }
 
     fn stored(path: &std::path::Path, table: Table) -> Vec<(String, serde_json::Value)> {

@@ -221,6 +221,25 @@ pub async fn connect_tcp(
     addr: SocketAddr,
     buffer: Option<usize>,
 ) -> std::io::Result<tokio::net::TcpStream> {
+    connect_tcp_sending(addr, buffer, &[])
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// [`connect_tcp`], sending `first` (the application's first bytes, when the client sent some
+/// with its request) as soon as the connection allows; returns how many of them went.
+///
+/// To a target on this host the whole handshake runs inside `connect(2)`: the SYN, the
+/// SYN-ACK and the ACK are delivered through the loopback device before the call returns, and
+/// the target's process is woken to accept. Sent right then, the first bytes are waiting when
+/// that process reads, instead of arriving a turn of the event loop later and waking it a
+/// second time. A connection still in its handshake takes nothing (`EAGAIN`), and the caller
+/// writes the bytes once it is up.
+pub async fn connect_tcp_sending(
+    addr: SocketAddr,
+    buffer: Option<usize>,
+    first: &[u8],
+) -> std::io::Result<(tokio::net::TcpStream, usize)> {
     // Made non-blocking by socket(2) itself (SOCK_NONBLOCK): two fcntl(2) calls fewer per dial.
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -228,13 +247,33 @@ pub async fn connect_tcp(
         Some(socket2::Protocol::TCP),
     )?;
     bound_buffers(&socket, buffer);
-    let stream = tokio::net::TcpSocket::from_std_stream(socket.into())
-        .connect(addr)
-        .await?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let mut sent = 0;
+    if !first.is_empty() {
+        match socket.send_with_flags(first, libc::MSG_NOSIGNAL) {
+            Ok(n) => sent = n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // The handshake already failed (refused, reset): the error is consumed by this
+            // call, so it is reported from here.
+            Err(e) => return Err(e),
+        }
+    }
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    if sent == 0 {
+        // Wait for the handshake, as `TcpSocket::connect` does.
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
     if buffer.is_none() {
         fit_send_buffer(&stream);
     }
-    Ok(stream)
+    Ok((stream, sent))
 }
 
 /// A UDP socket on a free loopback port, set up as Sluice's QUIC endpoints set theirs up.

@@ -430,9 +430,14 @@ impl LiveSession {
         }
     }
 
-    /// Connects to the session's endpoint, trying each of its addresses in turn; returns the
-    /// stream and the address it reached.
-    pub async fn dial(&self) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    /// Connects to the session's endpoint, trying each of its addresses in turn, and sends as
+    /// much of `first` (the client's first bytes) as the new connection takes at once
+    /// ([`crate::net::connect_tcp_sending`]); returns the stream, the address it reached and
+    /// how many bytes of `first` went.
+    pub async fn dial(
+        &self,
+        first: &[u8],
+    ) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr, usize)> {
         let addrs = self
             .endpoint_addrs
             .get_or_try_init(|| async {
@@ -443,8 +448,8 @@ impl LiveSession {
             .await?;
         let mut last = None;
         for a in addrs {
-            match crate::net::connect_tcp(*a, self.registry.tcp_buffer).await {
-                Ok(s) => return Ok((s, *a)),
+            match crate::net::connect_tcp_sending(*a, self.registry.tcp_buffer, first).await {
+                Ok((s, sent)) => return Ok((s, *a, sent)),
                 Err(e) => last = Some(e),
             }
         }

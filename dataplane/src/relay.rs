@@ -52,7 +52,7 @@ impl Counts {
         self.up_moved_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    fn written_to_tcp(&self, n: usize) {
+    pub(crate) fn written_to_tcp(&self, n: usize) {
         self.quic_to_tcp.fetch_add(n as u64, Ordering::Relaxed);
         self.down_moved_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -61,7 +61,7 @@ impl Counts {
         self.read_from_tcp.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn got_from_quic(&self, n: usize) {
+    pub(crate) fn got_from_quic(&self, n: usize) {
         self.got_from_quic.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -538,7 +538,7 @@ async fn handle_stream(
         }
     };
     let endpoint = session.claims.endpoint.clone();
-    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
+    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial(&buf)).await {
         Ok(dialed) => {
             dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
         }
@@ -547,10 +547,11 @@ async fn handle_stream(
             config.dial_timeout
         )),
     };
-    let (tcp, endpoint_addr) = match dialed {
+    let (tcp, endpoint_addr, sent) = match dialed {
         Ok(dialed) => dialed,
         Err(message) => return refuse_stream(&session, send, recv, message).await,
     };
+    bytes::Buf::advance(&mut buf, sent);
     let accepted = Frame::StreamAccepted {
         connections_left: ticket.connections_left,
     };
@@ -562,6 +563,8 @@ async fn handle_stream(
     session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
     let started = Instant::now();
     let counts = Arc::new(Counts::default());
+    counts.got_from_quic(sent);
+    counts.written_to_tcp(sent);
     let reason = tokio::select! {
         outcome = relay(tcp, send, recv, buf.freeze(), &counts, OnConnection { id: conn_id, gate }) => match outcome {
             Outcome::Done => ConnectionClosedReason::ClosedByEndUser,

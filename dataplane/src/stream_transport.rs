@@ -269,13 +269,13 @@ async fn data_connection(
         Err(r) => return conn.refuse(r).await,
     };
     let endpoint = session.claims.endpoint.clone();
-    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial()).await {
+    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial(&early)).await {
         Ok(dialed) => {
             dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
         }
         Err(_) => Err(format!("the worker timed out connecting to {endpoint}")),
     };
-    let (target, endpoint_addr) = match dialed {
+    let (target, endpoint_addr, sent) = match dialed {
         Ok(dialed) => dialed,
         Err(message) => {
             session.abandon_connection();
@@ -292,12 +292,13 @@ async fn data_connection(
         return session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
     }
     session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
-    let up = Arc::new(AtomicU64::new(0));
+    let up = Arc::new(AtomicU64::new(sent as u64));
     let down = Arc::new(AtomicU64::new(0));
     let relay = async {
         let mut target = target;
+        let early = &early[sent..];
         if !early.is_empty() {
-            target.write_all(&early).await?;
+            target.write_all(early).await?;
             up.fetch_add(early.len() as u64, Ordering::Relaxed);
         }
         match conn {

@@ -535,3 +535,74 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
         drop(app);
     }
 }
+
+/// A target that echoes every connection back, on a free loopback port.
+fn echo_target() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let mut conn = conn;
+                let _ = std::io::copy(&mut conn, &mut back);
+            });
+        }
+    });
+    port
+}
+
+/// `sessions read` reports each connection's bytes exactly, over every transport, counting
+/// the first bytes a client sends with its request (the worker sends those to the target
+/// while its connection opens) once and only once.
+#[test]
+fn a_connections_bytes_are_counted_exactly_over_every_transport() {
+    use std::io::{Read, Write};
+    let port = echo_target().to_string();
+    let dev = Dev::start(&[
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        &port,
+        "-worker-allow-plaintext",
+    ]);
+    for transport in ["quic", "tls", "tcp"] {
+        let conn = connect_over(&dev, transport, &[]);
+        let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+        local
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Written before the connection is up, so it travels with the request.
+        let first = vec![b'a'; 1_000];
+        local.write_all(&first).unwrap();
+        let mut back = vec![0u8; first.len()];
+        local.read_exact(&mut back).unwrap();
+        assert_eq!(back, first, "{transport}");
+        let more = vec![b'b'; 70_000];
+        local.write_all(&more).unwrap();
+        let mut back = vec![0u8; more.len()];
+        local.read_exact(&mut back).unwrap();
+        assert_eq!(back, more, "{transport}");
+        drop(local);
+        let total = (first.len() + more.len()) as u64;
+        let bytes = wait_for(
+            &format!("{transport}: the connection to be recorded as closed"),
+            Duration::from_secs(10),
+            || {
+                let out = dev.ok(&[
+                    "sessions",
+                    "read",
+                    "-id",
+                    &conn.session_id,
+                    "-format",
+                    "json",
+                ]);
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                let c = v["item"]["connections"].as_array()?.first()?.clone();
+                (c["status"] == "closed")
+                    .then(|| (c["bytes_up"].as_u64(), c["bytes_down"].as_u64()))
+            },
+        );
+        assert_eq!(bytes, (Some(total), Some(total)), "{transport}");
+    }
+}

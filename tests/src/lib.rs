@@ -541,6 +541,22 @@ impl Dev {
     }
 }
 
+/// A target that echoes every connection back, on a free loopback port; returns the port.
+pub fn echo_target() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let mut conn = conn;
+                let _ = std::io::copy(&mut conn, &mut back);
+            });
+        }
+    });
+    port
+}
+
 /// A `sluice worker` process with its own identity directory.
 pub struct WorkerProc {
     pub proc: Proc,

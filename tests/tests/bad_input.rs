@@ -302,21 +302,11 @@ fn the_cli_refuses_bad_flags_and_references_clearly() {
 /// serving real sessions.
 #[test]
 fn the_worker_refuses_unknown_alpn_and_malformed_quic() {
-    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    use std::net::{SocketAddr, UdpSocket};
     use std::sync::Arc;
 
     // A target that echoes, so that "still serves" means bytes went through the worker.
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_port = echo.local_addr().unwrap().port().to_string();
-    std::thread::spawn(move || {
-        for s in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
+    let echo_port = sluice_e2e::echo_target().to_string();
     let dev = Dev::start(&[
         "-host-address",
         "127.0.0.1",

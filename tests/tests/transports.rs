@@ -41,6 +41,26 @@ fn connect_over(dev: &Dev, transport: &str, extra: &[&str]) -> Connect {
     Connect::from_cmd(connect_cmd(dev, transport, extra))
 }
 
+/// `sluice dev` whose generated target is `port` on 127.0.0.1, with plaintext allowed.
+fn dev_for_port(port: &str) -> Dev {
+    Dev::start(&[
+        "-host-address",
+        "127.0.0.1",
+        "-target-default-port",
+        port,
+        "-worker-allow-plaintext",
+    ])
+}
+
+/// An application's connection to `conn`'s local port, whose reads give up after 10 s.
+fn app_connection(conn: &Connect) -> std::net::TcpStream {
+    let local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+    local
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    local
+}
+
 #[test]
 fn ssh_works_over_tls_and_allowed_plaintext_tcp() {
     let sshd = Sshd::start();
@@ -314,19 +334,10 @@ fn the_uring_driver_carries_every_transport_and_cancel_closes_its_connections() 
 fn an_unreachable_target_is_refused_with_its_reason_over_every_transport() {
     use std::io::{Read, Write};
     let dead = sluice_e2e::free_port().to_string();
-    let dev = Dev::start(&[
-        "-host-address",
-        "127.0.0.1",
-        "-target-default-port",
-        &dead,
-        "-worker-allow-plaintext",
-    ]);
+    let dev = dev_for_port(&dead);
     for transport in ["quic", "tls", "tcp"] {
         let conn = connect_over(&dev, transport, &[]);
-        let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
-        local
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut local = app_connection(&conn);
         let _ = local.write_all(b"hello");
         let mut rest = Vec::new();
         let _ = local.read_to_end(&mut rest);
@@ -536,42 +547,16 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
     }
 }
 
-/// A target that echoes every connection back, on a free loopback port.
-fn echo_target() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut back = conn.try_clone().unwrap();
-                let mut conn = conn;
-                let _ = std::io::copy(&mut conn, &mut back);
-            });
-        }
-    });
-    port
-}
-
 /// `sessions read` reports each connection's bytes exactly, over every transport, counting
 /// the first bytes a client sends with its request (the worker sends those to the target
 /// while its connection opens) once and only once.
 #[test]
 fn a_connections_bytes_are_counted_exactly_over_every_transport() {
     use std::io::{Read, Write};
-    let port = echo_target().to_string();
-    let dev = Dev::start(&[
-        "-host-address",
-        "127.0.0.1",
-        "-target-default-port",
-        &port,
-        "-worker-allow-plaintext",
-    ]);
+    let dev = dev_for_port(&sluice_e2e::echo_target().to_string());
     for transport in ["quic", "tls", "tcp"] {
         let conn = connect_over(&dev, transport, &[]);
-        let mut local = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
-        local
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut local = app_connection(&conn);
         // Written before the connection is up, so it travels with the request.
         let first = vec![b'a'; 1_000];
         local.write_all(&first).unwrap();
@@ -589,16 +574,7 @@ fn a_connections_bytes_are_counted_exactly_over_every_transport() {
             &format!("{transport}: the connection to be recorded as closed"),
             Duration::from_secs(10),
             || {
-                let out = dev.ok(&[
-                    "sessions",
-                    "read",
-                    "-id",
-                    &conn.session_id,
-                    "-format",
-                    "json",
-                ]);
-                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-                let c = v["item"]["connections"].as_array()?.first()?.clone();
+                let c = dev.session_json(&conn.session_id)["connections"][0].clone();
                 (c["status"] == "closed")
                     .then(|| (c["bytes_up"].as_u64(), c["bytes_down"].as_u64()))
             },

@@ -216,26 +216,16 @@ fn send_buffer_for(same_host: bool, rtt: Option<std::time::Duration>) -> Option<
 
 /// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
 /// scale is chosen from the receive buffer at that point), or, without a fixed size,
-/// [`fit_send_buffer`] after it.
-pub async fn connect_tcp(
-    addr: SocketAddr,
-    buffer: Option<usize>,
-) -> std::io::Result<tokio::net::TcpStream> {
-    connect_tcp_sending(addr, buffer, &[])
-        .await
-        .map(|(stream, _)| stream)
-}
-
-/// [`connect_tcp`], sending `first` (the application's first bytes, when the client sent some
-/// with its request) as soon as the connection allows; returns how many of them went.
+/// [`fit_send_buffer`] after it. `first` (the application's first bytes, when the client sent
+/// some with its request) is sent as soon as the connection allows; returns how many of them
+/// went.
 ///
 /// To a target on this host the whole handshake runs inside `connect(2)`: the SYN, the
 /// SYN-ACK and the ACK are delivered through the loopback device before the call returns, and
 /// the target's process is woken to accept. Sent right then, the first bytes are waiting when
-/// that process reads, instead of arriving a turn of the event loop later and waking it a
-/// second time. A connection still in its handshake takes nothing (`EAGAIN`), and the caller
-/// writes the bytes once it is up.
-pub async fn connect_tcp_sending(
+/// that process reads, instead of arriving a turn of the event loop later. A connection still
+/// in its handshake takes nothing (`EAGAIN`), and the caller writes the bytes once it is up.
+pub async fn connect_tcp(
     addr: SocketAddr,
     buffer: Option<usize>,
     first: &[u8],
@@ -307,12 +297,12 @@ mod tests {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, Some(64 * 1024)).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let out = connect_tcp(addr, Some(96 * 1024)).await.unwrap();
+        let out = connect_tcp(addr, Some(96 * 1024), &[]).await.unwrap().0;
         let (accepted, _) = listener.accept().await.unwrap();
         // The kernel doubles the figure it is given.
         assert_eq!(buffers(&accepted), (128 * 1024, 128 * 1024));
         assert_eq!(buffers(&out), (192 * 1024, 192 * 1024));
-        let auto = connect_tcp(addr, None).await.unwrap();
+        let auto = connect_tcp(addr, None, &[]).await.unwrap().0;
         let _ = listener.accept().await.unwrap();
         let (rcv, _) = buffers(&auto);
         let default = default_receive_buffer();
@@ -356,7 +346,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let default_rcv = default_receive_buffer();
-        let out = connect_tcp(addr, None).await.unwrap();
+        let out = connect_tcp(addr, None, &[]).await.unwrap().0;
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(on_this_host(&out) && on_this_host(&accepted));
         assert_eq!(

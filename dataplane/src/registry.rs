@@ -432,7 +432,7 @@ impl LiveSession {
 
     /// Connects to the session's endpoint, trying each of its addresses in turn, and sends as
     /// much of `first` (the client's first bytes) as the new connection takes at once
-    /// ([`crate::net::connect_tcp_sending`]); returns the stream, the address it reached and
+    /// ([`crate::net::connect_tcp`]); returns the stream, the address it reached and
     /// how many bytes of `first` went.
     pub async fn dial(
         &self,
@@ -448,7 +448,7 @@ impl LiveSession {
             .await?;
         let mut last = None;
         for a in addrs {
-            match crate::net::connect_tcp_sending(*a, self.registry.tcp_buffer, first).await {
+            match crate::net::connect_tcp(*a, self.registry.tcp_buffer, first).await {
                 Ok((s, sent)) => return Ok((s, *a, sent)),
                 Err(e) => last = Some(e),
             }

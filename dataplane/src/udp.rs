@@ -158,6 +158,16 @@ impl fmt::Debug for Writable {
 impl UdpPoller for Writable {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // quinn asks before every send, and the socket is nearly always writable: answer that
+        // without allocating a future. The no-op waker is never needed: nothing waits through
+        // `poll_send_ready` on this socket, and a socket that is not writable is waited for
+        // below, with this connection's own waker.
+        if this.waiting.is_none() {
+            let mut probe = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(result) = this.socket.io.poll_send_ready(&mut probe) {
+                return Poll::Ready(result);
+            }
+        }
         let waiting = this.waiting.get_or_insert_with(|| {
             let socket = this.socket.clone();
             Box::pin(async move { socket.io.writable().await })

@@ -8,6 +8,7 @@
 //! `benches/RESULTS.md` records. Writes `DIR/results.json` and `DIR/latency.svg`. `--only`
 //! measures just the paths whose names contain one of the words given (direct TCP always, as
 //! the reference) and skips the session-level stages: for A/B runs and profiles of one path.
+//! The table ends with issue 3's targets judged against the run's own figures (`targets.rs`).
 #![forbid(unsafe_code)]
 
 mod measure;
@@ -16,6 +17,7 @@ mod procs;
 mod report;
 mod sluice;
 mod target;
+mod targets;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -123,6 +125,8 @@ pub struct Results {
     pub cancel_ms: Option<Percentiles>,
     pub idle: Option<report::Idle>,
     pub skipped: Vec<String>,
+    /// Issue 3's targets against this run's figures ([`targets::evaluate`]).
+    pub targets: Vec<targets::Target>,
 }
 
 type DialFn<'a> = Box<dyn Fn() -> anyhow::Result<TcpStream> + Sync + 'a>;
@@ -365,8 +369,11 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             direct = Some(res.bulk_mb_s);
         }
         eprintln!(
-            "  {:.0} MB/s ({:.2}x direct), CPU {:?} s/GiB",
-            res.bulk_mb_s, res.bulk_vs_direct, res.proxy_cpu_s_per_gib
+            "  {:.0} MB/s ({:.2}x direct){}",
+            res.bulk_mb_s,
+            res.bulk_vs_direct,
+            res.proxy_cpu_s_per_gib
+                .map_or(String::new(), |c| format!(", proxy CPU {c:.2} s/GiB"))
         );
         measured.push((p, res));
     }
@@ -479,8 +486,10 @@ fn main() -> std::process::ExitCode {
         };
     }
     match run(&o) {
-        Ok(r) => {
+        Ok(mut r) => {
+            r.targets = targets::evaluate(&r);
             print!("{}", report::table(&r));
+            print!("{}", targets::lines(&r.targets, r.quick));
             if let Err(e) = report::write(&r, &o.out) {
                 eprintln!(
                     "Error: could not write results to {}: {e:#}",

@@ -450,7 +450,12 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         Ok(v) => r.cancel_ms = Some(v),
         Err(e) => r.skipped.push(format!("cancel latency: {e:#}")),
     }
-    match report::idle(&dev, if o.quick { 500 } else { 10_000 }) {
+    let idle = if o.quick {
+        500
+    } else {
+        report::IDLE_CONNECTIONS
+    };
+    match report::idle(&dev, idle) {
         Ok(v) => r.idle = Some(v),
         Err(e) => r.skipped.push(format!("idle connections: {e:#}")),
     }

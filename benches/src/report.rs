@@ -142,6 +142,9 @@ pub fn cancel_latency(dev: &Dev, runs: usize, conns: usize) -> anyhow::Result<Pe
     })
 }
 
+/// Idle connections a full run holds open (issue 3's figure); `--quick` holds 500.
+pub const IDLE_CONNECTIONS: usize = 10_000;
+
 /// Memory and threads for idle proxied connections.
 #[derive(Debug, Serialize)]
 pub struct Idle {

@@ -182,7 +182,7 @@ pub fn evaluate(r: &Results) -> Vec<Target> {
                     i.connections, i.worker_extra_threads, i.connect_extra_threads
                 ),
                 // `--quick` holds fewer connections open: the figure is shown, not judged.
-                met: (i.connections >= 10_000).then_some(
+                met: (i.connections >= crate::report::IDLE_CONNECTIONS).then_some(
                     worker <= 32.0
                         && connect <= 32.0
                         && i.worker_extra_threads <= 0
@@ -224,7 +224,7 @@ mod tests {
     use super::*;
     use crate::measure::Percentiles;
 
-    fn path(name: &str, bulk: f64, cpu: Option<f64>, p50: f64, added: f64) -> PathResult {
+    fn path_result(name: &str, bulk: f64, cpu: Option<f64>, p50: f64, added: f64) -> PathResult {
         PathResult {
             name: name.into(),
             bulk_mb_s: bulk,
@@ -244,13 +244,13 @@ mod tests {
     fn run() -> Results {
         Results {
             paths: vec![
-                path("direct TCP", 5000.0, None, 5.0, 0.0),
-                path(WORKER_HOP, 3000.0, Some(0.25), 20.0, 15.0),
-                path(FULL_TCP, 1500.0, Some(0.6), 30.0, 25.0),
-                path(FULL_QUIC, 1400.0, Some(1.0), 35.0, 30.0),
-                path(FULL_TLS, 1600.0, Some(1.1), 30.0, 25.0),
-                path(HAPROXY_SPLICE, 2000.0, Some(0.4), 15.0, 10.0),
-                path(SSH, 1000.0, Some(1.5), 110.0, 105.0),
+                path_result("direct TCP", 5000.0, None, 5.0, 0.0),
+                path_result(WORKER_HOP, 3000.0, Some(0.25), 20.0, 15.0),
+                path_result(FULL_TCP, 1500.0, Some(0.6), 30.0, 25.0),
+                path_result(FULL_QUIC, 1400.0, Some(1.0), 35.0, 30.0),
+                path_result(FULL_TLS, 1600.0, Some(1.1), 30.0, 25.0),
+                path_result(HAPROXY_SPLICE, 2000.0, Some(0.4), 15.0, 10.0),
+                path_result(SSH, 1000.0, Some(1.5), 110.0, 105.0),
             ],
             setup_us: vec![(
                 FULL_QUIC.into(),
@@ -265,7 +265,7 @@ mod tests {
                 ..Percentiles::default()
             }),
             idle: Some(crate::report::Idle {
-                connections: 10_000,
+                connections: crate::report::IDLE_CONNECTIONS,
                 worker_bytes_per_conn: 14.0 * 1024.0,
                 worker_extra_threads: 0,
                 connect_bytes_per_conn: 9.0 * 1024.0,

@@ -122,7 +122,7 @@ pub struct Results {
     pub setup_us: Vec<(String, Percentiles)>,
     pub connect_ready_ms: Vec<f64>,
     pub authorize_per_s: f64,
-    pub cancel_ms: Option<Percentiles>,
+    pub cancel: Option<report::Cancel>,
     pub idle: Option<report::Idle>,
     pub skipped: Vec<String>,
     /// Issue 3's targets against this run's figures ([`targets::evaluate`]).
@@ -445,9 +445,13 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
         Ok(v) => r.authorize_per_s = v,
         Err(e) => r.skipped.push(format!("authorize rate: {e:#}")),
     }
-    let (runs, conns) = if o.quick { (3, 5) } else { (20, 20) };
+    let (runs, conns) = if o.quick {
+        (3, 5)
+    } else {
+        (report::CANCEL_SESSIONS, report::CANCEL_CONNECTIONS)
+    };
     match report::cancel_latency(&dev, runs, conns) {
-        Ok(v) => r.cancel_ms = Some(v),
+        Ok(v) => r.cancel = Some(v),
         Err(e) => r.skipped.push(format!("cancel latency: {e:#}")),
     }
     let idle = if o.quick {

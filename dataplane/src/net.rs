@@ -152,6 +152,9 @@ fn fix_buffers(socket: &socket2::Socket, n: usize) -> Result<(), String> {
 pub const NEAR_RTT: std::time::Duration = std::time::Duration::from_micros(100);
 /// Send buffer given to a near socket; the kernel doubles the figure for its bookkeeping.
 pub const NEAR_SEND_BUFFER: usize = 256 * 1024;
+/// Receive buffer given to a near socket whose bytes a relay splices on without reading them:
+/// `connect`'s application sockets over `-transport tcp` (see [`fit_buffers`]).
+pub const NEAR_SPLICED_RECEIVE_BUFFER: usize = 128 * 1024;
 
 /// The smoothed round trip the kernel holds for a connected TCP socket (from the handshake
 /// until data has flowed), or `None` if it cannot be read.
@@ -190,12 +193,32 @@ pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> 
 /// host counts as near whatever its handshake took: on a loaded machine a loopback handshake
 /// can take over 100 µs, and the path is no longer for it.
 pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
+    fit_buffers(s, None)
+}
+
+/// [`fit_send_buffer`], and for a near socket also a fixed receive buffer of `receive` bytes
+/// when one is given. Returns whether it fixed them.
+///
+/// `connect` gives one to an application's socket whose bytes it splices on to the worker
+/// (`-transport tcp`, with [`NEAR_SPLICED_RECEIVE_BUFFER`]). Autotuning lets such a socket's
+/// receive queue grow to megabytes, so the pages the application wrote were old by the time
+/// the target's reader copied them out at the far end (splicing passes the same pages on).
+/// With 128 KiB the full tcp path moved 2,130–2,746 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU
+/// against 1,705–1,786 at 0.46–0.51 (docs/design.md, "Receive buffers of spliced application
+/// sockets"). Where `connect` reads the bytes to encrypt them (`quic`, `tls`), a fixed receive
+/// buffer made no difference (512 KiB and 1 MiB tried), so those keep autotuning.
+pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {
     // The address alone decides for a peer on this host; its round trip is read only otherwise.
     let same_host = on_this_host(s);
     let rtt = if same_host { None } else { round_trip(s) };
-    match send_buffer_for(same_host, rtt) {
-        Some(n) => socket2::SockRef::from(s).set_send_buffer_size(n).is_ok(),
-        None => false,
+    let Some(n) = send_buffer_for(same_host, rtt) else {
+        return false;
+    };
+    let sock = socket2::SockRef::from(s);
+    let send = sock.set_send_buffer_size(n).is_ok();
+    match receive {
+        Some(r) => sock.set_recv_buffer_size(r).is_ok() && send,
+        None => send,
     }
 }
 
@@ -362,6 +385,25 @@ mod tests {
         assert_ne!(before.1, 2 * NEAR_SEND_BUFFER, "autotuned until fitted");
         assert!(fit_send_buffer(&accepted));
         assert_eq!(buffers(&accepted), (before.0, 2 * NEAR_SEND_BUFFER));
+    }
+
+    #[tokio::test]
+    async fn a_near_socket_whose_bytes_are_spliced_on_gets_a_fixed_receive_buffer_too() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, None).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _out = connect_tcp(addr, None, &[]).await.unwrap().0;
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_ne!(
+            buffers(&accepted).0,
+            2 * NEAR_SPLICED_RECEIVE_BUFFER,
+            "autotuned until fitted"
+        );
+        assert!(fit_buffers(&accepted, Some(NEAR_SPLICED_RECEIVE_BUFFER)));
+        assert_eq!(
+            buffers(&accepted),
+            (2 * NEAR_SPLICED_RECEIVE_BUFFER, 2 * NEAR_SEND_BUFFER)
+        );
     }
 
     #[test]

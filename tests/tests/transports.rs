@@ -461,6 +461,8 @@ struct SocketView {
     pid: u32,
     /// The send buffer as the kernel counts it (twice what was set).
     send_buffer: u64,
+    /// The receive buffer, counted the same way.
+    receive_buffer: u64,
 }
 
 /// The established TCP sockets of the processes `pids` (`ss -tmnpO`, from iproute2).
@@ -476,11 +478,13 @@ fn tcp_sockets(pids: &[u32]) -> Vec<SocketView> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let pid = l.split("pid=").nth(1)?.split(',').next()?.parse().ok()?;
             let tb = l.split(",tb").nth(1)?.split(',').next()?.parse().ok()?;
+            let rb = l.split(",rb").nth(1)?.split(',').next()?.parse().ok()?;
             Some(SocketView {
                 local: f.get(2)?.parse().ok()?,
                 peer: f.get(3)?.parse().ok()?,
                 pid,
                 send_buffer: tb,
+                receive_buffer: rb,
             })
         })
         .filter(|s| pids.contains(&s.pid))
@@ -490,11 +494,14 @@ fn tcp_sockets(pids: &[u32]) -> Vec<SocketView> {
 /// Every socket a relay writes into between processes on this host gets the fixed near send
 /// buffer (`net::NEAR_SEND_BUFFER`) instead of autotuning's 4 MiB: the
 /// worker's to the client and to the target, `connect`'s to the worker and to the application.
+/// Over `tcp`, whose bytes `connect` splices on, the application's socket also gets a fixed
+/// receive buffer (`net::NEAR_SPLICED_RECEIVE_BUFFER`); over `tls` it keeps autotuning.
 #[test]
 fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
     use std::io::Read;
     // The kernel reports twice the figure it was given.
     const NEAR: u64 = 2 * sluice_dataplane::net::NEAR_SEND_BUFFER as u64;
+    const SPLICED_RECEIVE: u64 = 2 * sluice_dataplane::net::NEAR_SPLICED_RECEIVE_BUFFER as u64;
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
     for transport in ["tcp", "tls"] {
@@ -541,6 +548,19 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
             );
             for s in found.iter() {
                 assert_eq!(s.send_buffer, NEAR, "{transport}: {what} socket {s:?}");
+            }
+        }
+        for s in &to_app {
+            if transport == "tcp" {
+                assert_eq!(
+                    s.receive_buffer, SPLICED_RECEIVE,
+                    "tcp: application socket {s:?}"
+                );
+            } else {
+                assert_ne!(
+                    s.receive_buffer, SPLICED_RECEIVE,
+                    "{transport}: the application socket keeps autotuning {s:?}"
+                );
             }
         }
         drop(app);

@@ -153,7 +153,8 @@ pub const NEAR_RTT: std::time::Duration = std::time::Duration::from_micros(100);
 /// Send buffer given to a near socket; the kernel doubles the figure for its bookkeeping.
 pub const NEAR_SEND_BUFFER: usize = 256 * 1024;
 /// Receive buffer given to a near socket whose bytes a relay splices on without reading them:
-/// `connect`'s application sockets over `-transport tcp` (see [`fit_buffers`]).
+/// over `-transport tcp`, `connect`'s application sockets and the worker's target sockets (see
+/// [`fit_buffers`]).
 pub const NEAR_SPLICED_RECEIVE_BUFFER: usize = 128 * 1024;
 
 /// The smoothed round trip the kernel holds for a connected TCP socket (from the handshake
@@ -199,14 +200,16 @@ pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
 /// [`fit_send_buffer`], and for a near socket also a fixed receive buffer of `receive` bytes
 /// when one is given. Returns whether it fixed them.
 ///
-/// `connect` gives one to an application's socket whose bytes it splices on to the worker
-/// (`-transport tcp`, with [`NEAR_SPLICED_RECEIVE_BUFFER`]). Autotuning lets such a socket's
-/// receive queue grow to megabytes, so the pages the application wrote were old by the time
-/// the target's reader copied them out at the far end (splicing passes the same pages on).
-/// With 128 KiB the full tcp path moved 2,130–2,746 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU
-/// against 1,705–1,786 at 0.46–0.51 (docs/design.md, "Receive buffers of spliced application
-/// sockets"). Where `connect` reads the bytes to encrypt them (`quic`, `tls`), a fixed receive
-/// buffer made no difference (512 KiB and 1 MiB tried), so those keep autotuning.
+/// Over `-transport tcp` the first socket of each direction gets one
+/// ([`NEAR_SPLICED_RECEIVE_BUFFER`]): `connect`'s application socket (uploads) and the
+/// worker's target socket (downloads), whose bytes are spliced on. Autotuning lets such a
+/// socket's receive queue grow to megabytes, so the pages the sender wrote were old by the
+/// time the reader at the far end copied them out (splicing passes the same pages on). With
+/// 128 KiB the full tcp path moved 2,130–2,746 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU
+/// against 1,705–1,786 at 0.46–0.51 uploading, and 2,088–2,634 MB/s against 1,537–1,921
+/// downloading (docs/design.md, "Receive buffers of spliced sockets"). Where the bytes are read
+/// to be encrypted (`quic`, `tls`) a fixed receive buffer made no difference or was slower,
+/// so those keep autotuning.
 pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {
     // The address alone decides for a peer on this host; its round trip is read only otherwise.
     let same_host = on_this_host(s);
@@ -239,7 +242,7 @@ fn send_buffer_for(same_host: bool, rtt: Option<std::time::Duration>) -> Option<
 
 /// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
 /// scale is chosen from the receive buffer at that point), or, without a fixed size,
-/// [`fit_send_buffer`] after it. `first` (the application's first bytes, when the client sent
+/// [`fit_buffers`] with `near_receive` after it. `first` (the application's first bytes, when the client sent
 /// some with its request) is sent as soon as the connection allows; returns how many of them
 /// went.
 ///
@@ -252,6 +255,7 @@ pub async fn connect_tcp(
     addr: SocketAddr,
     buffer: Option<usize>,
     first: &[u8],
+    near_receive: Option<usize>,
 ) -> std::io::Result<(tokio::net::TcpStream, usize)> {
     // Made non-blocking by socket(2) itself (SOCK_NONBLOCK): two fcntl(2) calls fewer per dial.
     let socket = socket2::Socket::new(
@@ -284,7 +288,7 @@ pub async fn connect_tcp(
         }
     }
     if buffer.is_none() {
-        fit_send_buffer(&stream);
+        fit_buffers(&stream, near_receive);
     }
     Ok((stream, sent))
 }
@@ -320,12 +324,15 @@ mod tests {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, Some(64 * 1024)).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let out = connect_tcp(addr, Some(96 * 1024), &[]).await.unwrap().0;
+        let out = connect_tcp(addr, Some(96 * 1024), &[], None)
+            .await
+            .unwrap()
+            .0;
         let (accepted, _) = listener.accept().await.unwrap();
         // The kernel doubles the figure it is given.
         assert_eq!(buffers(&accepted), (128 * 1024, 128 * 1024));
         assert_eq!(buffers(&out), (192 * 1024, 192 * 1024));
-        let auto = connect_tcp(addr, None, &[]).await.unwrap().0;
+        let auto = connect_tcp(addr, None, &[], None).await.unwrap().0;
         let _ = listener.accept().await.unwrap();
         let (rcv, _) = buffers(&auto);
         let default = default_receive_buffer();
@@ -369,7 +376,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let default_rcv = default_receive_buffer();
-        let out = connect_tcp(addr, None, &[]).await.unwrap().0;
+        let out = connect_tcp(addr, None, &[], None).await.unwrap().0;
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(on_this_host(&out) && on_this_host(&accepted));
         assert_eq!(
@@ -392,7 +399,15 @@ mod tests {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, None).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _out = connect_tcp(addr, None, &[]).await.unwrap().0;
+        let out = connect_tcp(addr, None, &[], Some(NEAR_SPLICED_RECEIVE_BUFFER))
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(
+            buffers(&out),
+            (2 * NEAR_SPLICED_RECEIVE_BUFFER, 2 * NEAR_SEND_BUFFER),
+            "a dial whose bytes will be spliced on gets both"
+        );
         let (accepted, _) = listener.accept().await.unwrap();
         assert_ne!(
             buffers(&accepted).0,

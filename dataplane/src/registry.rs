@@ -434,9 +434,12 @@ impl LiveSession {
     /// much of `first` (the client's first bytes) as the new connection takes at once
     /// ([`crate::net::connect_tcp`]); returns the stream, the address it reached and
     /// how many bytes of `first` went.
+    /// Connects to the session's endpoint, sending `first` as soon as it can. `near_receive`:
+    /// the receive buffer of a near target whose bytes will be spliced on (`net::fit_buffers`).
     pub async fn dial(
         &self,
         first: &[u8],
+        near_receive: Option<usize>,
     ) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr, usize)> {
         let addrs = self
             .endpoint_addrs
@@ -448,7 +451,7 @@ impl LiveSession {
             .await?;
         let mut last = None;
         for a in addrs {
-            match crate::net::connect_tcp(*a, self.registry.tcp_buffer, first).await {
+            match crate::net::connect_tcp(*a, self.registry.tcp_buffer, first, near_receive).await {
                 Ok((s, sent)) => return Ok((s, *a, sent)),
                 Err(e) => last = Some(e),
             }

@@ -538,7 +538,7 @@ async fn handle_stream(
         }
     };
     let endpoint = session.claims.endpoint.clone();
-    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial(&buf)).await {
+    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial(&buf, None)).await {
         Ok(dialed) => {
             dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
         }

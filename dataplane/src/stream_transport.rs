@@ -269,12 +269,17 @@ async fn data_connection(
         Err(r) => return conn.refuse(r).await,
     };
     let endpoint = session.claims.endpoint.clone();
-    let dialed = match tokio::time::timeout(config.dial_timeout, session.dial(&early)).await {
-        Ok(dialed) => {
-            dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
-        }
-        Err(_) => Err(format!("the worker timed out connecting to {endpoint}")),
-    };
+    // A plaintext client's relay splices the target's bytes on (unless this thread runs the
+    // uring driver), and a short receive queue keeps them recent (net::fit_buffers).
+    let spliced = matches!(conn, Conn::Plain(_)) && !crate::uring::on_this_thread();
+    let near_receive = spliced.then_some(crate::net::NEAR_SPLICED_RECEIVE_BUFFER);
+    let dialed =
+        match tokio::time::timeout(config.dial_timeout, session.dial(&early, near_receive)).await {
+            Ok(dialed) => {
+                dialed.map_err(|e| format!("the worker could not connect to {endpoint}: {e}"))
+            }
+            Err(_) => Err(format!("the worker timed out connecting to {endpoint}")),
+        };
     let (target, endpoint_addr, sent) = match dialed {
         Ok(dialed) => dialed,
         Err(message) => {

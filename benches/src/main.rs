@@ -101,6 +101,9 @@ pub struct PathResult {
     pub bulk_mb_s: f64,
     pub bulk_vs_direct: f64,
     pub proxy_cpu_s_per_gib: Option<f64>,
+    /// The same rounds' downloads (target → application): MB/s, and the proxy's CPU.
+    pub download_mb_s: f64,
+    pub download_cpu_s_per_gib: Option<f64>,
     pub closed_loop_us: Percentiles,
     pub added_p50_us: f64,
     pub open_loop_us: Percentiles,
@@ -149,34 +152,53 @@ struct Bulk {
     mb_s: f64,
     /// CPU-seconds per GiB of the path's processes over all its rounds.
     cpu_s_per_gib: f64,
+    /// The same for the downloads, taken right after each upload.
+    down_mb_s: f64,
+    down_cpu_s_per_gib: f64,
 }
 
 /// Bulk throughput of every path, in rounds that go round the paths in turn (starting one
 /// further each round), and the CPU the path's processes spent in its rounds. Until
 /// 2026-12-02 each path ran all its rounds before the next path started, so a ratio of two
 /// paths compared rounds taken up to a minute apart on a machine whose load drifts.
-/// Returns one result per path, or the first error of a path.
+/// Each path's turn is an upload (application → target) and then a download (target →
+/// application) of the same size. Returns one result per path, or the first error of a path.
 fn bulk_rounds(paths: &[&Path<'_>], quick: bool) -> Vec<anyhow::Result<Bulk>> {
     let (rounds, bytes) = if quick {
         (1, 128u64 << 20)
     } else {
         (5, 1u64 << 30)
     };
-    let mut rates: Vec<anyhow::Result<Vec<f64>>> = paths.iter().map(|_| Ok(Vec::new())).collect();
-    let mut cpu = vec![0.0; paths.len()];
+    type Rates = (Vec<f64>, Vec<f64>);
+    let mut rates: Vec<anyhow::Result<Rates>> =
+        paths.iter().map(|_| Ok((Vec::new(), Vec::new()))).collect();
+    let mut cpu = vec![(0.0, 0.0); paths.len()];
     for round in 0..rounds {
         eprintln!("bulk round {} of {rounds}, all paths in turn", round + 1);
         for k in 0..paths.len() {
             let i = (round + k) % paths.len();
-            let Ok(v) = &mut rates[i] else { continue };
+            let Ok((up, down)) = &mut rates[i] else {
+                continue;
+            };
             let p = paths[i];
             let cpu0 = procs::tree_cpu(&p.pids);
-            match measure::bulk(&*p.dial, bytes) {
-                Ok(mb_s) => {
-                    v.push(mb_s);
-                    cpu[i] += procs::tree_cpu(&p.pids) - cpu0;
+            let upload = measure::bulk(&*p.dial, bytes)
+                .with_context(|| format!("bulk upload through {}", p.name));
+            let cpu1 = procs::tree_cpu(&p.pids);
+            let both = upload.and_then(|u| {
+                measure::download(&*p.dial, bytes)
+                    .with_context(|| format!("bulk download through {}", p.name))
+                    .map(|d| (u, d))
+            });
+            let cpu2 = procs::tree_cpu(&p.pids);
+            match both {
+                Ok((u, d)) => {
+                    up.push(u);
+                    down.push(d);
+                    cpu[i].0 += cpu1 - cpu0;
+                    cpu[i].1 += cpu2 - cpu1;
                 }
-                Err(e) => rates[i] = Err(e.context(format!("bulk through {}", p.name))),
+                Err(e) => rates[i] = Err(e),
             }
         }
     }
@@ -184,10 +206,12 @@ fn bulk_rounds(paths: &[&Path<'_>], quick: bool) -> Vec<anyhow::Result<Bulk>> {
     rates
         .into_iter()
         .zip(cpu)
-        .map(|(r, cpu)| {
-            r.map(|mut v| Bulk {
-                mb_s: measure::median(&mut v),
-                cpu_s_per_gib: cpu / gib,
+        .map(|(r, (cpu_up, cpu_down))| {
+            r.map(|(mut up, mut down)| Bulk {
+                mb_s: measure::median(&mut up),
+                cpu_s_per_gib: cpu_up / gib,
+                down_mb_s: measure::median(&mut down),
+                down_cpu_s_per_gib: cpu_down / gib,
             })
         })
         .collect()
@@ -212,6 +236,8 @@ fn measure_path(
         bulk_mb_s: bulk.mb_s,
         bulk_vs_direct: bulk.mb_s / direct_bulk,
         proxy_cpu_s_per_gib: (!p.pids.is_empty()).then_some(bulk.cpu_s_per_gib),
+        download_mb_s: bulk.down_mb_s,
+        download_cpu_s_per_gib: (!p.pids.is_empty()).then_some(bulk.down_cpu_s_per_gib),
         // Filled in by `closed_loops`.
         added_p50_us: 0.0,
         closed_loop_us: Percentiles::default(),
@@ -369,11 +395,12 @@ fn run(o: &Opts) -> anyhow::Result<Results> {
             direct = Some(res.bulk_mb_s);
         }
         eprintln!(
-            "  {:.0} MB/s ({:.2}x direct){}",
+            "  {:.0} MB/s ({:.2}x direct){}; download {:.0} MB/s",
             res.bulk_mb_s,
             res.bulk_vs_direct,
             res.proxy_cpu_s_per_gib
-                .map_or(String::new(), |c| format!(", proxy CPU {c:.2} s/GiB"))
+                .map_or(String::new(), |c| format!(", proxy CPU {c:.2} s/GiB")),
+            res.download_mb_s
         );
         measured.push((p, res));
     }

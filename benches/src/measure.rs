@@ -35,6 +35,30 @@ pub fn bulk(dial: Dial<'_>, bytes: u64) -> anyhow::Result<f64> {
     Ok(bytes as f64 / elapsed / 1e6)
 }
 
+/// Bulk download: `bytes` sent by the target (its `D` mode) through the path to the client;
+/// MB/s from the request to the last byte.
+pub fn download(dial: Dial<'_>, bytes: u64) -> anyhow::Result<f64> {
+    let mut c = dial()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut request = [0u8; 9];
+    request[0] = b'D';
+    request[1..].copy_from_slice(&bytes.to_be_bytes());
+    c.write_all(&request)?;
+    let mut got = 0u64;
+    while got < bytes {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            bail!("the path closed after {got} of {bytes} bytes");
+        }
+        got += n as u64;
+    }
+    if got != bytes {
+        bail!("the target sent {got} bytes, {bytes} were asked for");
+    }
+    Ok(bytes as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }

@@ -247,6 +247,28 @@ pub fn table(r: &Results) -> String {
             p.open_loop_us.max
         );
     }
+    let direct_down = r
+        .paths
+        .first()
+        .map(|p| p.download_mb_s)
+        .filter(|&d| d > 0.0);
+    let _ = writeln!(
+        s,
+        "\nbulk downloads (target -> application; the same rounds, each right after the upload):\n\
+         {:<32} {:>9} {:>8} {:>9}",
+        "path", "MB/s", "x direct", "CPU-s/GiB"
+    );
+    for p in &r.paths {
+        let cpu = p
+            .download_cpu_s_per_gib
+            .map_or("-".into(), |c| format!("{c:.2}"));
+        let x = direct_down.map_or("-".into(), |d| format!("{:.2}", p.download_mb_s / d));
+        let _ = writeln!(
+            s,
+            "{:<32} {:>9.0} {:>8} {:>9}",
+            p.name, p.download_mb_s, x, cpu
+        );
+    }
     if r.paths.iter().any(|p| p.one_cpu_us.is_some()) {
         let _ = writeln!(
             s,

@@ -1,5 +1,6 @@
 //! The harness's own target server: the first byte of a connection picks its behaviour.
 //! `E`: echo everything back. `S`: sink everything, then answer the byte count (u64 BE).
+//! `D` and a count (u64 BE): send that many bytes, then close (a download).
 //!
 //! Threads wait in `accept` themselves, a few spare at all times, and each serves the
 //! connection it accepted. Until 2026-12-01 one thread accepted and started a new thread per
@@ -85,6 +86,21 @@ fn serve(mut c: TcpStream, buf: &mut [u8]) {
             }
             let _ = c.write_all(&total.to_be_bytes());
         }
+        b'D' => {
+            let mut count = [0u8; 8];
+            if c.read_exact(&mut count).is_err() {
+                return;
+            }
+            let mut left = u64::from_be_bytes(count);
+            buf.fill(0x5a);
+            while left > 0 {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
         _ => {}
     }
 }
@@ -122,6 +138,20 @@ mod tests {
             let mut b = [0u8; 1];
             c.read_exact(&mut b).unwrap();
             assert_eq!(b[0], i);
+        }
+    }
+
+    #[test]
+    fn a_download_sends_the_bytes_asked_for_then_closes() {
+        let port = start().unwrap();
+        for want in [0u64, 1, 300_000, 3 << 20] {
+            let mut c = dial(port);
+            c.write_all(b"D").unwrap();
+            c.write_all(&want.to_be_bytes()).unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            assert_eq!(got.len() as u64, want);
+            assert!(got.iter().all(|&b| b == 0x5a));
         }
     }
 

@@ -231,6 +231,8 @@ mod tests {
             bulk_mb_s: bulk,
             bulk_vs_direct: 0.0,
             proxy_cpu_s_per_gib: cpu,
+            download_mb_s: bulk,
+            download_cpu_s_per_gib: cpu,
             closed_loop_us: Percentiles {
                 p50,
                 ..Percentiles::default()

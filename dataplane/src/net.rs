@@ -203,11 +203,12 @@ pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
 /// Over `-transport tcp` the first socket of each direction gets one
 /// ([`NEAR_SPLICED_RECEIVE_BUFFER`]): `connect`'s application socket (uploads) and the
 /// worker's target socket (downloads), whose bytes are spliced on. Autotuning lets such a
-/// socket's receive queue grow to megabytes, so the pages the sender wrote were old by the
-/// time the reader at the far end copied them out (splicing passes the same pages on). With
-/// 128 KiB the full tcp path moved 2,130–2,746 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU
-/// against 1,705–1,786 at 0.46–0.51 uploading, and 2,088–2,634 MB/s against 1,537–1,921
-/// downloading (docs/design.md, "Receive buffers of spliced sockets"). Where the bytes are read
+/// socket's receive queue grow to megabytes; the likely reason for the gain (not measured) is
+/// that the pages the sender wrote are then still in the caches when the reader at the far end
+/// copies them out (splicing passes the same pages on). With 128 KiB the full tcp path moved
+/// 2,130–2,654 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU against 1,705–1,786 at 0.46–0.51
+/// uploading, and 2,123–3,281 MB/s at 0.19–0.41 against 1,542–1,831 at 0.55–0.62 downloading
+/// (docs/design.md, "Receive buffers of spliced sockets"). Where the bytes are read
 /// to be encrypted (`quic`, `tls`) a fixed receive buffer made no difference or was slower,
 /// so those keep autotuning.
 pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {
@@ -242,9 +243,9 @@ fn send_buffer_for(same_host: bool, rtt: Option<std::time::Duration>) -> Option<
 
 /// Connects a TCP stream, with [`bound_buffers`] applied before the handshake (the window
 /// scale is chosen from the receive buffer at that point), or, without a fixed size,
-/// [`fit_buffers`] with `near_receive` after it. `first` (the application's first bytes, when the client sent
-/// some with its request) is sent as soon as the connection allows; returns how many of them
-/// went.
+/// [`fit_buffers`] with `near_receive` after it. `first` (the application's first bytes, when
+/// the client sent some with its request) is sent as soon as the connection allows; returns how
+/// many of them went.
 ///
 /// To a target on this host the whole handshake runs inside `connect(2)`: the SYN, the
 /// SYN-ACK and the ACK are delivered through the loopback device before the call returns, and

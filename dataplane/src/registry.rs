@@ -433,9 +433,8 @@ impl LiveSession {
     /// Connects to the session's endpoint, trying each of its addresses in turn, and sends as
     /// much of `first` (the client's first bytes) as the new connection takes at once
     /// ([`crate::net::connect_tcp`]); returns the stream, the address it reached and
-    /// how many bytes of `first` went.
-    /// Connects to the session's endpoint, sending `first` as soon as it can. `near_receive`:
-    /// the receive buffer of a near target whose bytes will be spliced on (`net::fit_buffers`).
+    /// how many bytes of `first` went. `near_receive`: the receive buffer of a near target whose
+    /// bytes will be spliced on (`net::fit_buffers`).
     pub async fn dial(
         &self,
         first: &[u8],

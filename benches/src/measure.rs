@@ -126,10 +126,24 @@ pub fn open_loop(dial: Dial<'_>, rate: u32, duration: Duration) -> anyhow::Resul
     Ok(h)
 }
 
-/// New connection → first echoed byte, `n` times; nanoseconds.
+/// New connection → first echoed byte, `n` times back to back; nanoseconds.
 pub fn setup(dial: Dial<'_>, n: usize) -> anyhow::Result<Histogram<u64>> {
+    setup_paced(dial, n, Duration::ZERO)
+}
+
+/// The pause before each connection of the harness's paced new-connection figure: longer than
+/// a `-transport tls` connection's handshakes take, as between an application's connections
+/// that are not opened back to back.
+pub const SETUP_GAP: Duration = Duration::from_millis(2);
+
+/// New connection → first echoed byte, `n` times, each after a pause of `gap` (not timed);
+/// nanoseconds.
+pub fn setup_paced(dial: Dial<'_>, n: usize, gap: Duration) -> anyhow::Result<Histogram<u64>> {
     let mut h = histogram();
     for _ in 0..n {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         let t = Instant::now();
         let mut c = dial()?;
         c.set_nodelay(true)?;

@@ -289,7 +289,8 @@ pub fn table(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\nnew connection -> first echoed byte (us; \"beyond\": its p50 less the same path's \
-         round-trip p50 above):"
+         round-trip p50 above; \"paced\": with a pause of {} ms before each connection):",
+        crate::measure::SETUP_GAP.as_millis()
     );
     for (name, p) in &r.setup_us {
         let beyond = r
@@ -299,9 +300,16 @@ pub fn table(r: &Results) -> String {
             .map_or(String::new(), |path| {
                 format!("  beyond {:>6.1}", p.p50 - path.closed_loop_us.p50)
             });
+        let paced = r
+            .setup_paced_us
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(String::new(), |(_, q)| {
+                format!("  paced p50 {:>7.1}  p99 {:>7.1}", q.p50, q.p99)
+            });
         let _ = writeln!(
             s,
-            "  {name:<26} p50 {:>8.1}  p99 {:>8.1}  max {:>8.0}{beyond}",
+            "  {name:<26} p50 {:>8.1}  p99 {:>8.1}  max {:>8.0}{beyond}{paced}",
             p.p50, p.p99, p.max
         );
     }

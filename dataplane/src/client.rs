@@ -10,6 +10,7 @@ use sluice_proto::frames::{Frame, NONCE_LEN};
 use sluice_proto::{AuthzToken, Refusal, RefusalKind, SignedToken, TerminationReason, TokenError};
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::relay::{relay_after, Counts, OnConnection, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
@@ -18,6 +19,14 @@ use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a failed pipelined connection waits for the worker's answer (its refusal reason).
 const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// At most this much of the application's first bytes goes in the write that carries a data
+/// connection's hello (one TLS record's worth).
+const FIRST_BYTES: usize = 16 * 1024;
+/// How long a `tls` connection made ahead of need ([`Spare`]) waits for an application
+/// before it is closed. The worker gives a connection 10 s to present its token
+/// (`WorkerConfig::handshake_timeout`) and holds one of its handshake slots meanwhile, so a
+/// spare is let go well before that.
+pub const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a session could not be opened.
 #[derive(Debug, Error)]
@@ -80,6 +89,8 @@ enum Inner {
         token: Vec<u8>,
         ended: tokio::sync::watch::Receiver<Option<TerminationReason>>,
         close: tokio::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        /// The next proxied connection's connection to the worker, made ahead of need.
+        spare: std::sync::Mutex<Option<Spare>>,
     },
 }
 
@@ -376,7 +387,7 @@ impl ClientSession {
             };
             let _ = ended_tx.send(Some(reason));
         });
-        Ok(Self {
+        let session = Self {
             inner: Inner::Stream {
                 worker,
                 tls,
@@ -384,35 +395,86 @@ impl ClientSession {
                 token,
                 ended,
                 close: tokio::sync::Mutex::new(Some(close_tx)),
+                spare: std::sync::Mutex::new(None),
             },
             claims,
             connections_left: AtomicI32::new(connections_left),
-        })
+        };
+        // The first application (`-exec`'s, often at once) finds its connection ready too.
+        session.refill_spare();
+        Ok(session)
     }
 
-    async fn proxy_stream(&self, mut local: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
+    /// Over `tls`, starts making the next proxied connection's connection to the worker,
+    /// unless one is ready or on its way, or the session has no connection left.
+    ///
+    /// Not over `tcp`: its handshake is the kernel's alone, and a spare made no difference to
+    /// a new connection there (docs/design.md, "Spare TLS connections").
+    fn refill_spare(&self) {
         let Inner::Stream {
             worker,
-            tls,
-            nonce,
-            token,
+            tls: Some(tls),
+            spare,
             ..
         } = &self.inner
         else {
+            return;
+        };
+        if self.connections_left() == 0 {
+            return;
+        }
+        let mut slot = spare.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Spare::start(*worker, Some(tls.clone()), SPARE_IDLE));
+        }
+    }
+
+    /// A connection to the worker with `hello` sent, and behind it what the application had
+    /// sent by then (its length is the second value): the spare if it is still open, else a
+    /// new connection.
+    async fn worker_connection(
+        &self,
+        hello: &Frame,
+        local: &TcpStream,
+    ) -> std::io::Result<(StreamConn, usize)> {
+        let Inner::Stream {
+            worker, tls, spare, ..
+        } = &self.inner
+        else {
+            return Err(std::io::Error::other("not a stream transport"));
+        };
+        let ready = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(ready) = ready {
+            if let Some(mut conn) = ready.claim().await {
+                // Nothing of the application's has gone yet if this fails: a new connection
+                // takes the spare's place, unnoticed.
+                match conn.send_hello(hello, local).await {
+                    Ok(first) => return Ok((conn, first)),
+                    Err(e) => debug!(error = %e, "the spare connection to the worker failed"),
+                }
+            }
+        }
+        let mut conn = dial(*worker, tls.as_ref()).await?;
+        let first = conn.send_hello(hello, local).await?;
+        Ok((conn, first))
+    }
+
+    async fn proxy_stream(&self, mut local: TcpStream, on_accepted: impl FnOnce(i32)) -> StreamEnd {
+        let Inner::Stream { nonce, token, .. } = &self.inner else {
             return StreamEnd::Failed("not a stream transport".into());
         };
         let hello = Frame::StreamHello {
             nonce: *nonce,
             token: token.clone(),
         };
-        let conn = match dial_and_hello(*worker, tls.as_ref(), &hello).await {
+        let (conn, first) = match self.worker_connection(&hello, &local).await {
             Ok(v) => v,
             Err(e) => return StreamEnd::Failed(e.to_string()),
         };
         let _ = local.set_nodelay(true);
         // Application bytes follow the hello at once; the worker's answer is read first on the
         // way back. A new connection so costs no round trip beyond the transport's handshake.
-        let up = AtomicU64::new(0);
+        let up = AtomicU64::new(first as u64);
         let down = AtomicU64::new(0);
         let answer = std::sync::Mutex::new(None::<Result<(), StreamEnd>>);
         let take_answer = |frame: Result<Frame, Refusal>, on_accepted| {
@@ -426,6 +488,10 @@ impl ClientSession {
             let ok = verdict.is_ok();
             *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
             if ok {
+                // The next connection's, made while this one runs. The spawned dial starts
+                // once this task yields, after the bytes that came with the answer are
+                // written to the application.
+                self.refill_spare();
                 Ok(())
             } else {
                 Err(std::io::Error::other("refused"))
@@ -548,6 +614,67 @@ impl StreamConn {
             StreamConn::Tls(s) => s.shutdown().await,
         };
     }
+
+    /// Writes `bytes` in one write (one TLS record up to 16 KiB) and flushes them.
+    async fn write_flushed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            StreamConn::Plain(s) => s.write_all(bytes).await,
+            StreamConn::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    /// Sends `hello` without waiting for the answer, and in the same write what `local` (the
+    /// application) has sent so far, if anything; returns how many of its bytes went.
+    ///
+    /// One write, so the worker wakes once for both. Sent apart, the hello alone woke the
+    /// worker's thread, which could take the CPU from `connect` before the application's bytes
+    /// followed (seen with a connection made ahead of need, whose worker side sleeps until the
+    /// hello comes).
+    async fn send_hello(&mut self, hello: &Frame, local: &TcpStream) -> std::io::Result<usize> {
+        let mut bytes = hello.to_vec();
+        let start = bytes.len();
+        bytes.resize(start + FIRST_BYTES, 0);
+        // Nothing there yet, or an error: nothing goes now, and the relay reads it later.
+        let first = local.try_read(&mut bytes[start..]).unwrap_or(0);
+        bytes.truncate(start + first);
+        self.write_flushed(&bytes).await?;
+        Ok(first)
+    }
+
+    /// Resolves when the worker has sent something or closed: before a hello only a refusal
+    /// (its time for the token ran out) or a close can come, and either way the connection is
+    /// no longer usable. TLS records without application data (session tickets) are taken in
+    /// without resolving.
+    async fn spoiled(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut probe = [0u8; 1];
+        let _ = match self {
+            StreamConn::Plain(s) => s.read(&mut probe).await,
+            StreamConn::Tls(s) => s.read(&mut probe).await,
+        };
+    }
+}
+
+/// Connects to the worker, with TLS when given.
+async fn dial(
+    worker: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<StreamConn> {
+    let tcp = TcpStream::connect(worker).await?;
+    tcp.set_nodelay(true)?;
+    crate::net::fit_send_buffer(&tcp);
+    Ok(match tls {
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from(crate::tls::WORKER_SERVER_NAME)
+                .map_err(std::io::Error::other)?;
+            StreamConn::Tls(Box::new(connector.connect(name, tcp).await?))
+        }
+        None => StreamConn::Plain(tcp),
+    })
 }
 
 /// Connects to the worker (with TLS when given) and sends `hello` without waiting for the answer.
@@ -556,26 +683,59 @@ async fn dial_and_hello(
     tls: Option<&tokio_rustls::TlsConnector>,
     hello: &Frame,
 ) -> std::io::Result<StreamConn> {
-    use tokio::io::AsyncWriteExt;
-    let tcp = TcpStream::connect(worker).await?;
-    tcp.set_nodelay(true)?;
-    crate::net::fit_send_buffer(&tcp);
-    let bytes = hello.to_vec();
-    Ok(match tls {
-        Some(connector) => {
-            let name = rustls::pki_types::ServerName::try_from(crate::tls::WORKER_SERVER_NAME)
-                .map_err(std::io::Error::other)?;
-            let mut s = connector.connect(name, tcp).await?;
-            s.write_all(&bytes).await?;
-            s.flush().await?;
-            StreamConn::Tls(Box::new(s))
-        }
-        None => {
-            let mut tcp = tcp;
-            tcp.write_all(&bytes).await?;
-            StreamConn::Plain(tcp)
-        }
-    })
+    let mut conn = dial(worker, tls).await?;
+    conn.write_flushed(&hello.to_vec()).await?;
+    Ok(conn)
+}
+
+/// Where a spare's connection is handed over: the claimer's end.
+type Claim = tokio::sync::oneshot::Sender<StreamConn>;
+
+/// A connection to the worker made ahead of need, its hello not yet sent, so the next proxied
+/// connection skips the TCP and TLS handshakes on its way to the target (`tls` only; see
+/// `ClientSession::refill_spare`).
+///
+/// A task makes it, then holds it until it is claimed, the worker closes it, `idle` passes or
+/// the session is dropped (and this handle with it). The worker dials no target and counts no
+/// connection until a hello comes, so an unused spare costs a socket on each end and one of
+/// the worker's handshake slots, for at most `idle`.
+struct Spare(tokio::sync::oneshot::Sender<Claim>);
+
+impl Spare {
+    fn start(
+        worker: SocketAddr,
+        tls: Option<tokio_rustls::TlsConnector>,
+        idle: std::time::Duration,
+    ) -> Self {
+        let (claims_tx, claims) = tokio::sync::oneshot::channel::<Claim>();
+        tokio::spawn(async move {
+            let made = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial(worker, tls.as_ref())).await;
+            let mut conn = match made {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return debug!(error = %e, "no spare connection to the worker"),
+                Err(_) => return debug!("no spare connection to the worker: timed out"),
+            };
+            let claimed = tokio::select! {
+                claim = claims => claim.ok(),
+                () = conn.spoiled() => {
+                    debug!("the worker closed the spare connection");
+                    None
+                }
+                () = tokio::time::sleep(idle) => None,
+            };
+            if let Some(to) = claimed {
+                let _ = to.send(conn);
+            }
+        });
+        Self(claims_tx)
+    }
+
+    /// The connection, once made (this waits for a dial in progress), if it is still open.
+    async fn claim(self) -> Option<StreamConn> {
+        let (to, conn) = tokio::sync::oneshot::channel();
+        self.0.send(to).ok()?;
+        conn.await.ok()
+    }
 }
 
 /// Connects, sends `hello` and reads the worker's answer (and any bytes after it).
@@ -661,5 +821,121 @@ mod tests {
             socket2::SockRef::from(&tcp).send_buffer_size().unwrap(),
             2 * crate::net::NEAR_SEND_BUFFER
         );
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// A listener standing in for the worker's TCP port, and a spare made to it (no TLS: the
+    /// spare's keeping is the same), with the worker's end of it.
+    async fn spare_to_listener(idle: Duration) -> (Spare, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let spare = Spare::start(listener.local_addr().unwrap(), None, idle);
+        let (worker_end, _) = tokio::time::timeout(LONG, listener.accept())
+            .await
+            .expect("the spare is dialed at once")
+            .unwrap();
+        (spare, worker_end)
+    }
+
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_claimed_spare_is_the_connection_made_ahead() {
+        let (spare, mut worker_end) = spare_to_listener(LONG).await;
+        let Some(StreamConn::Plain(mut conn)) = spare.claim().await else {
+            panic!("an open spare is handed over");
+        };
+        conn.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(LONG, worker_end.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    /// The hello and the application's first bytes leave in one write, and the bytes are
+    /// counted; an application that has sent nothing yet adds nothing.
+    #[tokio::test]
+    async fn the_hello_carries_what_the_application_sent_so_far() {
+        let (spare, mut worker_end) = spare_to_listener(LONG).await;
+        let mut conn = spare.claim().await.expect("an open spare is handed over");
+        let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(app_listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (local, _) = app_listener.accept().await.unwrap();
+        let hello = Frame::StreamOpen.to_vec();
+        // Nothing sent yet: the hello goes alone.
+        assert_eq!(
+            conn.send_hello(&Frame::StreamOpen, &local).await.unwrap(),
+            0
+        );
+        app.write_all(b"first bytes").await.unwrap();
+        tokio::time::timeout(LONG, local.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            conn.send_hello(&Frame::StreamOpen, &local).await.unwrap(),
+            11
+        );
+        let mut expected = hello.clone();
+        expected.extend_from_slice(&hello);
+        expected.extend_from_slice(b"first bytes");
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(LONG, worker_end.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, expected);
+    }
+
+    /// A spare the worker closed (its time for a token ran out, or it restarted) is not handed
+    /// over: the claimer dials a new connection instead of losing the application's bytes.
+    #[tokio::test]
+    async fn a_spare_the_worker_closed_is_not_handed_over() {
+        let (spare, worker_end) = spare_to_listener(LONG).await;
+        drop(worker_end);
+        // The keeping task sees the close as soon as it runs; give it that turn.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(spare.claim().await.is_none());
+    }
+
+    /// A refusal the worker sent before any hello spoils the spare too.
+    #[tokio::test]
+    async fn a_spare_the_worker_refused_is_not_handed_over() {
+        let (spare, mut worker_end) = spare_to_listener(LONG).await;
+        let refusal = Frame::Refused(Refusal::new(RefusalKind::Protocol, "timed out"));
+        worker_end.write_all(&refusal.to_vec()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(spare.claim().await.is_none());
+    }
+
+    /// An unclaimed spare is closed after its idle time, so it does not hold a worker's
+    /// handshake slot until the worker gives up on it.
+    #[tokio::test]
+    async fn an_unclaimed_spare_is_closed_after_its_idle_time() {
+        let (spare, mut worker_end) = spare_to_listener(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(LONG, worker_end.read(&mut buf))
+            .await
+            .expect("the spare is closed within its idle time");
+        assert_eq!(read.unwrap(), 0, "closed without a byte sent");
+        assert!(spare.claim().await.is_none());
+    }
+
+    /// A spare that could not be made gives nothing, and the claimer dials.
+    #[tokio::test]
+    async fn a_spare_that_could_not_be_made_is_not_handed_over() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let spare = Spare::start(addr, None, LONG);
+        assert!(tokio::time::timeout(LONG, spare.claim())
+            .await
+            .unwrap()
+            .is_none());
     }
 }

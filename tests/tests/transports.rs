@@ -463,12 +463,14 @@ struct SocketView {
     send_buffer: u64,
     /// The receive buffer, counted the same way.
     receive_buffer: u64,
+    /// Bytes the peer has acknowledged.
+    bytes_acked: u64,
 }
 
 /// The established TCP sockets of the processes `pids` (`ss -tmnpO`, from iproute2).
 fn tcp_sockets(pids: &[u32]) -> Vec<SocketView> {
     let out = std::process::Command::new("ss")
-        .args(["-tmnpHO", "state", "established"])
+        .args(["-tminpHO", "state", "established"])
         .output()
         .expect("ss (iproute2) runs");
     assert!(out.status.success(), "ss: {}", text(&out.stderr));
@@ -485,9 +487,29 @@ fn tcp_sockets(pids: &[u32]) -> Vec<SocketView> {
                 pid,
                 send_buffer: tb,
                 receive_buffer: rb,
+                bytes_acked: l
+                    .split("bytes_acked:")
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
             })
         })
         .filter(|s| pids.contains(&s.pid))
+        .collect()
+}
+
+/// Of `socks`, those of `connect` (`conn_pid`) whose peer is a socket of the worker
+/// (`dev_pid`).
+fn connect_to_worker(socks: &[SocketView], dev_pid: u32, conn_pid: u32) -> Vec<&SocketView> {
+    socks
+        .iter()
+        .filter(|s| {
+            s.pid == conn_pid
+                && socks
+                    .iter()
+                    .any(|w| w.pid == dev_pid && w.local == s.peer && w.peer == s.local)
+        })
         .collect()
 }
 
@@ -524,15 +546,7 @@ fn relays_on_this_host_write_into_sockets_with_the_near_send_buffer() {
             .iter()
             .filter(|s| s.pid == dev_pid && s.peer.port() == sshd.port)
             .collect();
-        let to_worker: Vec<_> = socks
-            .iter()
-            .filter(|s| {
-                s.pid == conn_pid
-                    && socks
-                        .iter()
-                        .any(|w| w.pid == dev_pid && w.local == s.peer && w.peer == s.local)
-            })
-            .collect();
+        let to_worker = connect_to_worker(&socks, dev_pid, conn_pid);
         let to_client: Vec<_> = socks
             .iter()
             .filter(|s| s.pid == dev_pid && to_worker.iter().any(|c| c.local == s.peer))
@@ -608,4 +622,76 @@ fn a_connections_bytes_are_counted_exactly_over_every_transport() {
         );
         assert_eq!(bytes, (Some(total), Some(total)), "{transport}");
     }
+}
+
+/// `connect`'s established sockets to the worker of `dev`: local address and bytes acknowledged.
+fn connect_sockets_to_worker(dev_pid: u32, conn_pid: u32) -> Vec<(std::net::SocketAddr, u64)> {
+    let socks = tcp_sockets(&[dev_pid, conn_pid]);
+    connect_to_worker(&socks, dev_pid, conn_pid)
+        .into_iter()
+        .map(|s| (s.local, s.bytes_acked))
+        .collect()
+}
+
+/// Over `tls`, `connect` keeps the next connection's TCP and TLS handshakes done ahead of
+/// need: one spare connection to the worker, made when the session opens and after each
+/// connection the worker accepts. The next application's bytes go over it, and an idle
+/// session lets it go (`client::SPARE_IDLE`), leaving only its control connection.
+#[test]
+fn over_tls_the_next_connection_to_the_worker_is_made_ahead_and_let_go_when_idle() {
+    use std::collections::BTreeSet;
+    use std::io::{Read, Write};
+    let dev = dev_for_port(&sluice_e2e::echo_target().to_string());
+    let conn = connect_over(&dev, "tls", &[]);
+    let (dev_pid, conn_pid) = (dev.proc.child.id(), conn.proc.child.id());
+    // The local addresses of `connect`'s connections to the worker, once there are `n`.
+    let connections = |what: &str, n: usize, limit: Duration| -> BTreeSet<std::net::SocketAddr> {
+        wait_for(what, limit, || {
+            let p: BTreeSet<_> = connect_sockets_to_worker(dev_pid, conn_pid)
+                .into_iter()
+                .map(|(local, _)| local)
+                .collect();
+            (p.len() == n).then_some(p)
+        })
+    };
+    let limit = Duration::from_secs(10);
+    let opened = connections("the control connection and a spare", 2, limit);
+    let echo = |app: &mut std::net::TcpStream, bytes: &[u8]| {
+        app.write_all(bytes).unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        app.read_exact(&mut back).unwrap();
+        assert_eq!(back, bytes);
+    };
+    // The first application takes the spare made when the session opened, and a new one is
+    // made behind it.
+    let mut first = app_connection(&conn);
+    echo(&mut first, b"first");
+    let during = connections("a new spare behind the first connection", 3, limit);
+    assert!(
+        opened.is_subset(&during),
+        "the first connection went over the spare: {opened:?} then {during:?}"
+    );
+    drop(first);
+    let before = connections("the first connection to close", 2, limit);
+    // The second application's bytes go over the connection already there.
+    let mut second = app_connection(&conn);
+    let bulk = vec![b's'; 200_000];
+    echo(&mut second, &bulk);
+    let carried: Vec<_> = connect_sockets_to_worker(dev_pid, conn_pid)
+        .into_iter()
+        .filter(|(local, acked)| before.contains(local) && *acked >= bulk.len() as u64)
+        .collect();
+    assert_eq!(
+        carried.len(),
+        1,
+        "one connection made before the application carried its bytes: {before:?}, now {:?}",
+        connect_sockets_to_worker(dev_pid, conn_pid)
+    );
+    drop(second);
+    // Idle: only the control connection is left once the spare's time is up.
+    let idle = sluice_dataplane::client::SPARE_IDLE + limit;
+    connections("the spare to be let go", 1, idle);
+    // And the session still works: a connection made without a spare.
+    let mut third = app_connection(&conn);
+    echo(&mut third, b"third");
 }

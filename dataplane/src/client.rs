@@ -802,6 +802,8 @@ fn token_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// `connect`'s socket to a worker on this host gets the fixed send buffer
     /// (`net::fit_send_buffer`), however long its handshake took.
@@ -836,9 +838,6 @@ mod tests {
             .unwrap();
         (spare, worker_end)
     }
-
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn a_claimed_spare_is_the_connection_made_ahead() {

@@ -677,17 +677,6 @@ async fn dial(
     })
 }
 
-/// Connects to the worker (with TLS when given) and sends `hello` without waiting for the answer.
-async fn dial_and_hello(
-    worker: SocketAddr,
-    tls: Option<&tokio_rustls::TlsConnector>,
-    hello: &Frame,
-) -> std::io::Result<StreamConn> {
-    let mut conn = dial(worker, tls).await?;
-    conn.write_flushed(&hello.to_vec()).await?;
-    Ok(conn)
-}
-
 /// Where a spare's connection is handed over: the claimer's end.
 type Claim = tokio::sync::oneshot::Sender<StreamConn>;
 
@@ -744,7 +733,8 @@ async fn dial_and_send(
     tls: Option<&tokio_rustls::TlsConnector>,
     hello: &Frame,
 ) -> std::io::Result<(StreamConn, (Frame, BytesMut))> {
-    let mut conn = dial_and_hello(worker, tls, hello).await?;
+    let mut conn = dial(worker, tls).await?;
+    conn.write_flushed(&hello.to_vec()).await?;
     let mut buf = BytesMut::new();
     let frame = conn
         .read_frame(&mut buf)
@@ -811,10 +801,7 @@ mod tests {
     async fn the_socket_to_a_worker_on_this_host_gets_the_near_send_buffer() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let StreamConn::Plain(tcp) = dial_and_hello(addr, None, &Frame::StreamOpen)
-            .await
-            .unwrap()
-        else {
+        let StreamConn::Plain(tcp) = dial(addr, None).await.unwrap() else {
             panic!("no TLS connector was given, so the connection is plain");
         };
         let _ = listener.accept().await.unwrap();

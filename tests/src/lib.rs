@@ -119,13 +119,14 @@ pub fn wait_for_ssh_start(ssh: &Proc, connect: &Proc, worker: &Proc) {
     )
 }
 
-fn kill_gently(child: &mut Child) {
+/// SIGTERM, then SIGKILL if the process is still running after `limit`.
+fn kill_gently(child: &mut Child, limit: Duration) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < limit {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
@@ -205,15 +206,17 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
-        kill_gently(&mut self.child);
+        kill_gently(&mut self.child, Duration::from_secs(10));
     }
 }
 
 impl Drop for Proc {
+    /// A process still running when its test ends is stopped as a user would stop it
+    /// (SIGTERM), so that `sluice dev` removes its temporary data directory; SIGKILL follows
+    /// after 3 s. Tests that mean to kill a process mid-flight do so themselves.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            kill_gently(&mut self.child, Duration::from_secs(3));
         }
     }
 }

@@ -579,6 +579,29 @@ fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
 }
 
 #[test]
+fn dev_without_a_data_dir_removes_its_temporary_one_when_stopped() {
+    let mut dev = Dev::start(&[]);
+    let dir = Dev::field(&dev.proc.stdout(), "Data Directory").expect("dev prints its data dir");
+    let dir = std::path::PathBuf::from(dir);
+    assert!(
+        dir.join("sluice.redb").is_file(),
+        "{} holds the store while dev runs",
+        dir.display()
+    );
+    dev.stop();
+    assert!(
+        dev.proc.child.try_wait().unwrap().unwrap().success(),
+        "dev exits cleanly on SIGTERM:\n{}",
+        dev.proc.stderr()
+    );
+    assert!(
+        !dir.exists(),
+        "{} is left behind after dev stopped",
+        dir.display()
+    );
+}
+
+#[test]
 fn a_killed_client_ends_its_session_with_network_error() {
     let sshd = Sshd::start();
     let dev = Dev::for_sshd(&sshd, &[]);

@@ -12,7 +12,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::relay::{relay_after, Counts, OnConnection, Outcome};
+use crate::relay::{relay_after, Answer, Counts, OnConnection, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How long the QUIC handshake and the token exchange may take.
@@ -293,7 +293,7 @@ impl ClientSession {
                 id: conn.stable_id(),
                 gate,
             },
-            Some(&mut answer),
+            Answer::Await(&mut answer),
         )
         .await;
         if let Some(end) = refused.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -120,8 +120,26 @@ pub struct OnConnection<'a> {
     pub gate: &'a SendGate,
 }
 
-/// Relays until both directions are finished or one fails. `early` holds bytes already read
-/// from the QUIC stream (sent right behind its header) and goes to the socket first.
+/// The worker's answer to a new stream, as each end of a relay handles it.
+pub enum Answer<'a> {
+    /// No answer frame: bytes only, both ways (the unit tests' relays).
+    #[cfg(test)]
+    None,
+    /// `connect`'s end: the stream from the worker starts with its answer frame. Bytes from the
+    /// socket flow to the stream at once while the answer is awaited, and bytes from the stream
+    /// reach the socket only after this callback has accepted it. This is how a new connection
+    /// costs one round trip, not two.
+    Await(&'a mut (dyn FnMut(sluice_proto::frames::Frame) -> Result<(), String> + Send)),
+    /// The worker's end: this encoded answer goes out ahead of the target's first bytes, in
+    /// the same write and so the same packet, or alone once the target has ended. A packet
+    /// with the answer alone would wake `connect` for nothing it can pass on; held back to
+    /// ride with the echo, a new connection's first echoed byte came about 10 µs sooner
+    /// (docs/design.md, "The worker's answer rides with the target's first bytes").
+    Send(Bytes),
+}
+
+/// Relays bytes only, both ways, until both directions are finished or one fails.
+#[cfg(test)]
 pub async fn relay(
     tcp: TcpStream,
     send: quinn::SendStream,
@@ -130,13 +148,12 @@ pub async fn relay(
     counts: &Arc<Counts>,
     conn: OnConnection<'_>,
 ) -> Outcome {
-    relay_after(tcp, send, recv, early, counts, conn, None).await
+    relay_after(tcp, send, recv, early, counts, conn, Answer::None).await
 }
 
-/// Like [`relay`], but when `answer` is given the stream starts with the worker's answer frame:
-/// bytes from the socket flow to the stream at once while the answer is awaited, and bytes
-/// from the stream reach the socket only after `answer` has accepted it. This is how a new
-/// connection costs one round trip, not two.
+/// Relays until both directions are finished or one fails, with the stream's answer frame
+/// handled as `answer` says. `early` holds bytes already read from the QUIC stream (sent right
+/// behind its header) and goes to the socket first.
 pub async fn relay_after(
     tcp: TcpStream,
     mut send: quinn::SendStream,
@@ -144,15 +161,21 @@ pub async fn relay_after(
     early: Bytes,
     counts: &Arc<Counts>,
     conn: OnConnection<'_>,
-    answer: Option<&mut (dyn FnMut(sluice_proto::frames::Frame) -> Result<(), String> + Send)>,
+    answer: Answer<'_>,
 ) -> Outcome {
+    let (awaited, mut to_send) = match answer {
+        #[cfg(test)]
+        Answer::None => (None, None),
+        Answer::Await(f) => (Some(f), None),
+        Answer::Send(b) => (None, Some(b)),
+    };
     let _registered = RelayProbe::new(conn.id, send.id(), counts);
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
     let to_tcp = async {
         let mut dir = crate::spin::Direction::default();
         let mut early = early;
-        if let Some(answer) = answer {
+        if let Some(answer) = awaited {
             let mut buf = BytesMut::from(&early[..]);
             let frame = loop {
                 match sluice_proto::frames::Frame::decode(&buf) {
@@ -221,7 +244,17 @@ pub async fn relay_after(
         let mut stuck = StuckWrite::default();
         let mut read_ahead = false;
         let mut share = AheadShare::default();
+        // Bytes of the answer at the front of `pending` not yet taken by quinn: they are not
+        // the target's, so they are not counted.
+        let mut answer_left = 0usize;
         loop {
+            if to_send.is_some() && (eof || !pending.is_empty()) {
+                if let Some(a) = to_send.take() {
+                    answer_left = a.len();
+                    queued += a.len();
+                    pending.insert(0, a);
+                }
+            }
             if pending.is_empty() {
                 stuck.moved();
                 read_ahead = false;
@@ -260,7 +293,9 @@ pub async fn relay_after(
                     // Fully written chunks are left empty at the front.
                     pending.drain(..written.chunks);
                     queued -= written.bytes;
-                    counts.taken_by_quic(written.bytes);
+                    let of_answer = written.bytes.min(answer_left);
+                    answer_left -= of_answer;
+                    counts.taken_by_quic(written.bytes - of_answer);
                     dir.moved(written.bytes);
                     stuck.moved();
                     read_ahead = false;
@@ -335,6 +370,95 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let (a, b) = tokio::join!(small().connect(addr), l.accept());
         (a.unwrap(), b.unwrap().0)
+    }
+
+    /// A worker-side relay that answers `answer` for a stream whose client sent `ping`, to a
+    /// target reached over loopback TCP: (the client's streams, the target's socket, the
+    /// relay's counts, the relay).
+    async fn answering_relay(
+        answer: &'static [u8],
+    ) -> (
+        (quinn::SendStream, quinn::RecvStream),
+        TcpStream,
+        Arc<Counts>,
+        tokio::task::JoinHandle<Outcome>,
+        (quinn::Endpoint, quinn::Endpoint, quinn::Connection),
+    ) {
+        let (server, client, worker_side, client_side) = quic_pair().await;
+        let (mut c_send, c_recv) = client_side.open_bi().await.unwrap();
+        c_send.write_all(b"ping").await.unwrap();
+        let (send, recv) = worker_side.accept_bi().await.unwrap();
+        let (target, tcp) = small_tcp_pair().await;
+        let counts = Arc::new(Counts::default());
+        let relay_counts = counts.clone();
+        let relay = tokio::spawn(async move {
+            let gate = SendGate::default();
+            let conn = OnConnection { id: 0, gate: &gate };
+            let answer = Answer::Send(Bytes::from_static(answer));
+            relay_after(tcp, send, recv, Bytes::new(), &relay_counts, conn, answer).await
+        });
+        (
+            (c_send, c_recv),
+            target,
+            counts,
+            relay,
+            (server, client, client_side),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_answer_waits_for_the_targets_first_bytes_and_shares_their_packet() {
+        let ((mut c_send, mut c_recv), mut target, counts, relay, _keep) =
+            answering_relay(b"ANSWER").await;
+        let mut got = [0u8; 4];
+        target.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        // The target has not spoken: nothing, not even the answer, has reached the client.
+        let early = tokio::time::timeout(
+            Duration::from_millis(300),
+            c_recv.read_chunk(usize::MAX, true),
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "the client got {early:?} before the target spoke"
+        );
+        target.write_all(b"pong").await.unwrap();
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), c_recv.read_chunk(usize::MAX, true))
+                .await
+                .expect("the answer and the target's bytes within 10 s")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            &first.bytes[..],
+            b"ANSWERpong",
+            "the answer and the target's first bytes come in one piece"
+        );
+        target.shutdown().await.unwrap();
+        c_send.finish().unwrap();
+        assert!(c_recv.read_chunk(usize::MAX, true).await.unwrap().is_none());
+        assert_eq!(relay.await.unwrap(), Outcome::Done);
+        // The answer is not the target's: only its 4 bytes are counted.
+        assert_eq!(counts.tcp_to_quic.load(Ordering::Relaxed), 4);
+        assert_eq!(counts.quic_to_tcp.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_ends_without_a_word_still_lets_the_answer_out() {
+        let ((mut c_send, mut c_recv), mut target, counts, relay, _keep) =
+            answering_relay(b"ANSWER").await;
+        let mut got = [0u8; 4];
+        target.read_exact(&mut got).await.unwrap();
+        target.shutdown().await.unwrap();
+        let all = tokio::time::timeout(Duration::from_secs(10), c_recv.read_to_end(1024))
+            .await
+            .expect("the stream ends within 10 s")
+            .unwrap();
+        assert_eq!(&all[..], b"ANSWER");
+        c_send.finish().unwrap();
+        assert_eq!(relay.await.unwrap(), Outcome::Done);
+        assert_eq!(counts.tcp_to_quic.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::registry::{unix_now, Admitted, LiveSession, Registry};
-use crate::relay::{relay, Counts, OnConnection, Outcome};
+use crate::relay::{relay_after, Answer, Counts, OnConnection, Outcome};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How a worker is set up.
@@ -552,21 +552,25 @@ async fn handle_stream(
         Err(message) => return refuse_stream(&session, send, recv, message).await,
     };
     bytes::Buf::advance(&mut buf, sent);
+    // The answer rides with the target's first bytes (relay::Answer::Send).
     let accepted = Frame::StreamAccepted {
         connections_left: ticket.connections_left,
     };
-    // The answer goes ahead of other streams' bulk bytes when the send credit is short.
-    if gate.write_all(&mut send, &accepted.to_vec()).await.is_err() {
-        session.close_connection(&ticket, 0, 0, ConnectionClosedReason::NetworkError);
-        return;
-    }
     session.emit_opened(&ticket, client_addr, endpoint_addr.to_string());
     let started = Instant::now();
     let counts = Arc::new(Counts::default());
     counts.got_from_quic(sent);
     counts.written_to_tcp(sent);
     let reason = tokio::select! {
-        outcome = relay(tcp, send, recv, buf.freeze(), &counts, OnConnection { id: conn_id, gate }) => match outcome {
+        outcome = relay_after(
+            tcp,
+            send,
+            recv,
+            buf.freeze(),
+            &counts,
+            OnConnection { id: conn_id, gate },
+            Answer::Send(accepted.to_vec().into()),
+        ) => match outcome {
             Outcome::Done => ConnectionClosedReason::ClosedByEndUser,
             Outcome::Failed(e) => {
                 match session.ended() {

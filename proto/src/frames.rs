@@ -5,7 +5,10 @@
 //! [`Frame::HelloAccepted`] or [`Frame::Refused`]. Each proxied TCP connection is then one stream
 //! that starts with [`Frame::StreamOpen`]; the client may send application bytes right behind it
 //! without waiting, and the worker answers [`Frame::StreamAccepted`] or [`Frame::Refused`] before
-//! any bytes from the target. After those headers a stream carries raw bytes only, unframed.
+//! any bytes from the target. A refusal goes at once; over QUIC an acceptance goes with the
+//! target's first bytes, in the same packet, or alone once the target has ended, so a client
+//! must not wait for it before relaying. After those headers a stream carries raw bytes only,
+//! unframed.
 //!
 //! Encoding: `len u16 | type u8 | payload`, where `len` counts type and payload.
 

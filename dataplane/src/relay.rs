@@ -373,8 +373,8 @@ mod tests {
     }
 
     /// A worker-side relay that answers `answer` for a stream whose client sent `ping`, to a
-    /// target reached over loopback TCP: (the client's streams, the target's socket, the
-    /// relay's counts, the relay).
+    /// target reached over loopback TCP, once the target has read the `ping`: (the client's
+    /// streams, the target's socket, the relay's counts, the relay, what must stay alive).
     async fn answering_relay(
         answer: &'static [u8],
     ) -> (
@@ -397,6 +397,10 @@ mod tests {
             let answer = Answer::Send(Bytes::from_static(answer));
             relay_after(tcp, send, recv, Bytes::new(), &relay_counts, conn, answer).await
         });
+        let mut target = target;
+        let mut got = [0u8; 4];
+        target.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
         (
             (c_send, c_recv),
             target,
@@ -410,9 +414,6 @@ mod tests {
     async fn the_answer_waits_for_the_targets_first_bytes_and_shares_their_packet() {
         let ((mut c_send, mut c_recv), mut target, counts, relay, _keep) =
             answering_relay(b"ANSWER").await;
-        let mut got = [0u8; 4];
-        target.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
         // The target has not spoken: nothing, not even the answer, has reached the client.
         let early = tokio::time::timeout(
             Duration::from_millis(300),
@@ -448,8 +449,6 @@ mod tests {
     async fn a_target_that_ends_without_a_word_still_lets_the_answer_out() {
         let ((mut c_send, mut c_recv), mut target, counts, relay, _keep) =
             answering_relay(b"ANSWER").await;
-        let mut got = [0u8; 4];
-        target.read_exact(&mut got).await.unwrap();
         target.shutdown().await.unwrap();
         let all = tokio::time::timeout(Duration::from_secs(10), c_recv.read_to_end(1024))
             .await

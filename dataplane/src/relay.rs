@@ -248,12 +248,11 @@ pub async fn relay_after(
         // the target's, so they are not counted.
         let mut answer_left = 0usize;
         loop {
-            if to_send.is_some() && (eof || !pending.is_empty()) {
-                if let Some(a) = to_send.take() {
-                    answer_left = a.len();
-                    queued += a.len();
-                    pending.insert(0, a);
-                }
+            // The answer goes once the target has sent its first bytes or ended.
+            if let Some(a) = to_send.take_if(|_| eof || !pending.is_empty()) {
+                answer_left = a.len();
+                queued += a.len();
+                pending.insert(0, a);
             }
             if pending.is_empty() {
                 stuck.moved();

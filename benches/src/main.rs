@@ -279,14 +279,14 @@ fn closed_loops(
 }
 
 fn run(o: &Opts) -> anyhow::Result<Results> {
+    let bin = procs::sluice_bin(o.sluice.as_deref())?;
     // Before this run starts processes of its own.
-    let conditions = report::conditions();
+    let conditions = report::conditions(&bin);
     // 10,000 idle connections need ~20,000 descriptors here (client and target ends); as root
     // raise the hard limit too.
     if rlimit::setrlimit(rlimit::Resource::NOFILE, 100_000, 100_000).is_err() {
         let _ = rlimit::increase_nofile_limit(100_000);
     }
-    let bin = procs::sluice_bin(o.sluice.as_deref())?;
     let mut target_proc = procs::Proc::spawn({
         let mut c = std::process::Command::new(std::env::current_exe()?);
         c.arg("--target-server");

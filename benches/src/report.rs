@@ -34,14 +34,18 @@ pub fn machine() -> String {
 
 /// What else the machine was doing when the run started: the 1-minute load average, and how
 /// many processes other than this one run a `sluice` program (a `sluice dev` or `connect` left
-/// over from earlier work idles but still wakes up, and has disturbed runs before).
-pub fn conditions() -> String {
+/// over from earlier work idles but still wakes up, and has disturbed runs before); and which
+/// `sluice` binary is measured (the plain release build, or scripts/build-pgo.sh's).
+pub fn conditions(bin: &std::path::Path) -> String {
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into());
     let others = crate::procs::other_sluice_processes();
-    format!("load average {load} at start, {others} other sluice processes")
+    format!(
+        "load average {load} at start, {others} other sluice processes; sluice binary {}",
+        bin.display()
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

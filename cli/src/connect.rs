@@ -142,8 +142,8 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
     let accept_session = session.clone();
     let accept = async move {
         loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -154,7 +154,7 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
             let session = accept_session.clone();
             tokio::spawn(async move {
                 let end = session
-                    .proxy(tcp, |left| {
+                    .proxy(tcp, peer, |left| {
                         if show_left {
                             if json_mode {
                                 println!("{}", json!({"connections_left": left}));
@@ -172,6 +172,9 @@ pub async fn run(common: &Common, a: ConnectArgs) -> anyhow::Result<ExitCode> {
                     StreamEnd::Done(..) => {}
                 }
             });
+            // The new connection's task runs first, up to sending its first bytes; the next
+            // `accept`, which finds nothing in the common case, comes after it.
+            tokio::task::yield_now().await;
         }
     };
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -246,12 +246,18 @@ impl ClientSession {
 
     /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
     /// connections left once the worker admits it.
-    pub async fn proxy(&self, tcp: TcpStream, on_accepted: impl FnOnce(i32) + Send) -> StreamEnd {
+    pub async fn proxy(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        on_accepted: impl FnOnce(i32) + Send,
+    ) -> StreamEnd {
         // Over `tcp` the application's bytes are spliced on, not read, and a short receive
         // queue keeps them recent (net::fit_buffers).
         let spliced = matches!(self.inner, Inner::Stream { tls: None, .. });
-        crate::net::fit_buffers(
+        crate::net::fit_buffers_to(
             &tcp,
+            Some(peer),
             spliced.then_some(crate::net::NEAR_SPLICED_RECEIVE_BUFFER),
         );
         let (conn, gate) = match &self.inner {

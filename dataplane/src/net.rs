@@ -212,8 +212,18 @@ pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
 /// to be encrypted (`quic`, `tls`) a fixed receive buffer made no difference or was slower,
 /// so those keep autotuning.
 pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {
+    fit_buffers_to(s, None, receive)
+}
+
+/// [`fit_buffers`] for a socket whose peer's address the caller already has (from `accept` or
+/// the dial), which saves asking the kernel for it: one or two system calls per connection.
+pub fn fit_buffers_to(
+    s: &tokio::net::TcpStream,
+    peer: Option<SocketAddr>,
+    receive: Option<usize>,
+) -> bool {
     // The address alone decides for a peer on this host; its round trip is read only otherwise.
-    let same_host = on_this_host(s);
+    let same_host = on_this_host(s, peer);
     let rtt = if same_host { None } else { round_trip(s) };
     let Some(n) = send_buffer_for(same_host, rtt) else {
         return false;
@@ -226,13 +236,14 @@ pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {
     }
 }
 
-/// Whether a connected socket's peer is on this host: a loopback address, or the socket's
-/// own address (traffic to it goes through the loopback device as well).
-fn on_this_host(s: &tokio::net::TcpStream) -> bool {
-    match (s.peer_addr(), s.local_addr()) {
-        (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
-        _ => false,
-    }
+/// Whether a connected socket's peer (`peer`, or asked of the kernel when `None`) is on this
+/// host: a loopback address, or the socket's own address (traffic to it goes through the
+/// loopback device as well). The socket's own address is asked for only in the second case.
+fn on_this_host(s: &tokio::net::TcpStream, peer: Option<SocketAddr>) -> bool {
+    let Some(peer) = peer.or_else(|| s.peer_addr().ok()) else {
+        return false;
+    };
+    peer.ip().is_loopback() || s.local_addr().is_ok_and(|local| peer.ip() == local.ip())
 }
 
 /// The fixed send buffer for a socket whose peer is on this host or not, with this round
@@ -289,7 +300,7 @@ pub async fn connect_tcp(
         }
     }
     if buffer.is_none() {
-        fit_buffers(&stream, near_receive);
+        fit_buffers_to(&stream, Some(addr), near_receive);
     }
     Ok((stream, sent))
 }
@@ -379,7 +390,7 @@ mod tests {
         let default_rcv = default_receive_buffer();
         let out = connect_tcp(addr, None, &[], None).await.unwrap().0;
         let (accepted, _) = listener.accept().await.unwrap();
-        assert!(on_this_host(&out) && on_this_host(&accepted));
+        assert!(on_this_host(&out, None) && on_this_host(&accepted, None));
         assert_eq!(
             buffers(&out),
             (default_rcv, 2 * NEAR_SEND_BUFFER),
@@ -393,6 +404,26 @@ mod tests {
         assert_ne!(before.1, 2 * NEAR_SEND_BUFFER, "autotuned until fitted");
         assert!(fit_send_buffer(&accepted));
         assert_eq!(buffers(&accepted), (before.0, 2 * NEAR_SEND_BUFFER));
+    }
+
+    #[tokio::test]
+    async fn a_peer_address_the_caller_gives_decides_without_asking_the_kernel() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false, None).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let out = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        assert!(on_this_host(&accepted, Some(peer)));
+        assert!(fit_buffers_to(&accepted, Some(peer), None));
+        assert_eq!(buffers(&accepted).1, 2 * NEAR_SEND_BUFFER);
+        // A given address is taken as it is: one that is not this host's (a documentation
+        // address, never dialed) is not on this host although the real peer is on loopback,
+        // so the round trip decides (fit_buffers).
+        let far: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert!(!on_this_host(&out, Some(far)));
+        // The socket's own address counts as this host.
+        let own = SocketAddr::new(out.local_addr().unwrap().ip(), 1);
+        assert!(on_this_host(&out, Some(own)));
     }
 
     #[tokio::test]

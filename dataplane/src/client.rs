@@ -244,8 +244,9 @@ impl ClientSession {
         self.connections_left.load(Ordering::Relaxed)
     }
 
-    /// Proxies one local TCP connection over a new stream. `on_accepted` is called with the
-    /// connections left once the worker admits it.
+    /// Proxies one local TCP connection over a new stream. `peer` is the application's
+    /// address as `accept` gave it. `on_accepted` is called with the connections left once
+    /// the worker admits it.
     pub async fn proxy(
         &self,
         tcp: TcpStream,

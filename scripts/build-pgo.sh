@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds target/pgo/sluice: the release binary, optimised with a profile of its own run
-# (profile-guided optimisation). Use it where speed matters: it is the build benches/RESULTS.md
-# measures since 2026-12-03 05:00. `cargo build --release` stays the plain build.
+# (profile-guided optimisation). Use it where speed matters: it is the build that
+# benches/RESULTS.md measures from the full runs of 2026-12-03 05:47 on. `cargo build --release`
+# stays the plain build.
 #
-# Three steps, about 10 minutes on two cores:
+# Three steps, about 9 minutes on two cores (8 min 52 s from clean here; 7 min 20 s with the
+# instrumented build's dependencies already built):
 #   1. an instrumented release build (target/pgo/gen), which records what its code does;
 #   2. the benchmark harness's Sluice paths through that build (`sluice-bench --only sluice`:
 #      bulk, round trips and new connections over quic, tls and tcp, authorize, cancel, 10,000

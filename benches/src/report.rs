@@ -43,9 +43,26 @@ pub fn conditions(bin: &std::path::Path) -> String {
         .unwrap_or_else(|| "?".into());
     let others = crate::procs::other_sluice_processes();
     format!(
-        "load average {load} at start, {others} other sluice processes; sluice binary {}",
-        bin.display()
+        "load average {load} at start, {others} other sluice processes; sluice binary {}{}",
+        bin.display(),
+        idle_vcpus()
     )
+}
+
+/// How this machine's idle CPUs wait, when its kernel says: on a VM whose guest halt polling
+/// is off, every wake-up of an idle vCPU goes through the host, and new connections and round
+/// trips measured about twice as slow as with the kernel's default of 200 µs
+/// (docs/design.md, "Idle vCPUs").
+fn idle_vcpus() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    match read("/sys/devices/system/cpu/cpuidle/current_driver") {
+        Some(d) if d == "haltpoll" => format!(
+            "; idle CPUs: cpuidle haltpoll, guest_halt_poll_ns {}",
+            read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").unwrap_or("?".into())
+        ),
+        Some(d) => format!("; idle CPUs: cpuidle {d}"),
+        None => String::new(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -206,6 +206,15 @@ impl Worker {
             busy_poll_us = busy_poll.as_micros() as u64,
             "worker listening"
         );
+        if crate::spin::idle_cpus_halt_at_once() {
+            info!(
+                "idle CPUs here halt at once (cpuidle haltpoll, guest_halt_poll_ns 0), so \
+                 traffic that wakes one waits for the host; with the kernel's default, 200000 \
+                 in /sys/module/haltpoll/parameters/guest_halt_poll_ns, new connections \
+                 through Sluice took half the time beyond their round trip (docs/design.md, \
+                 \"Idle vCPUs\")"
+            );
+        }
         Ok(Self {
             registry,
             local_addr,

@@ -173,6 +173,23 @@ pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F
     out
 }
 
+/// Whether this machine's idle CPUs halt at once: a VM guest whose idle driver is `haltpoll`
+/// with `haltpoll.guest_halt_poll_ns=0` (the kernel's default is 200,000). Every wake-up of an
+/// idle vCPU then waits for the host, and this window is all that spares a relay that cost.
+/// With the kernel's default, new connections through Sluice took half the time beyond their
+/// round trip on such a VM (docs/design.md, "Idle vCPUs").
+pub(crate) fn idle_cpus_halt_at_once() -> bool {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    halt_at_once(
+        read("/sys/devices/system/cpu/cpuidle/current_driver").as_deref(),
+        read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").as_deref(),
+    )
+}
+
+fn halt_at_once(driver: Option<&str>, guest_halt_poll_ns: Option<&str>) -> bool {
+    driver.map(str::trim) == Some("haltpoll") && guest_halt_poll_ns.map(str::trim) == Some("0")
+}
+
 /// Turns of this thread's poll so far; `None` without a window.
 #[cfg(test)]
 fn turns() -> Option<u64> {
@@ -188,6 +205,18 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn only_a_haltpoll_guest_with_polling_off_halts_its_idle_cpus_at_once() {
+        assert!(halt_at_once(Some("haltpoll\n"), Some("0\n")));
+        assert!(!halt_at_once(Some("haltpoll\n"), Some("200000\n")));
+        assert!(!halt_at_once(Some("intel_idle\n"), None));
+        assert!(!halt_at_once(Some("acpi_idle\n"), Some("0\n")));
+        assert!(
+            !halt_at_once(None, None),
+            "no cpuidle in sysfs: nothing to say"
+        );
     }
 
     #[test]

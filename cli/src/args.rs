@@ -176,10 +176,11 @@ pub struct DevArgs {
     #[arg(long, default_value = "epoll")]
     pub io_driver: sluice_dataplane::IoDriver,
     /// Microseconds a worker thread keeps polling instead of sleeping after relaying a small
-    /// transfer, which cuts the latency it adds to interactive traffic (0: sleep at once)
+    /// transfer, which cuts the latency it adds to interactive traffic (0: sleep at once; the
+    /// default is 0 on a machine with one CPU)
     #[arg(
         long,
-        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        default_value_t = sluice_dataplane::default_busy_poll().as_micros() as u64,
         value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
     )]
     pub busy_poll_us: u64,
@@ -805,10 +806,11 @@ pub struct ConnectArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
     pub transport: TransportArg,
     /// Microseconds to keep polling instead of sleeping after relaying a small transfer, which
-    /// cuts the latency `connect` adds to interactive traffic (0: sleep at once)
+    /// cuts the latency `connect` adds to interactive traffic (0: sleep at once; the default is
+    /// 0 on a machine with one CPU)
     #[arg(
         long,
-        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        default_value_t = sluice_dataplane::default_busy_poll().as_micros() as u64,
         value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
     )]
     pub busy_poll_us: u64,
@@ -830,10 +832,10 @@ pub struct ProxyArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
     pub transport: TransportArg,
     /// Microseconds to keep polling instead of sleeping after relaying a small transfer
-    /// (0: sleep at once)
+    /// (0: sleep at once; the default is 0 on a machine with one CPU)
     #[arg(
         long,
-        default_value_t = sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+        default_value_t = sluice_dataplane::default_busy_poll().as_micros() as u64,
         value_parser = clap::value_parser!(u64).range(0..=crate::worker::MAX_BUSY_POLL_US)
     )]
     pub busy_poll_us: u64,

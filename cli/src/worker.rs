@@ -15,6 +15,7 @@
 //! read_ahead_budget_bytes = 67108864         # bytes read ahead of stuck writes, all relays
 //! io_driver = "epoll"                        # or "uring": io_uring for plaintext relays
 //! busy_poll_us = 50                          # poll this long after a small transfer; 0: off
+//!                                            # (by default 50, and 0 on a machine with one CPU)
 //!
 //! [worker.tags]
 //! env = ["prod"]
@@ -79,7 +80,7 @@ impl Default for WorkerSection {
             tcp_buffer_bytes: 0,
             read_ahead_budget_bytes: sluice_dataplane::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: "epoll".into(),
-            busy_poll_us: sluice_dataplane::DEFAULT_BUSY_POLL.as_micros() as u64,
+            busy_poll_us: sluice_dataplane::default_busy_poll().as_micros() as u64,
             tags: BTreeMap::new(),
         }
     }

@@ -31,8 +31,8 @@ mod uring;
 pub use pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use registry::unix_now;
 pub use server::{Worker, WorkerConfig, WorkerHandle};
+pub use spin::default_window as default_busy_poll;
 pub use spin::with_polling as with_busy_polling;
-pub use spin::DEFAULT_WINDOW as DEFAULT_BUSY_POLL;
 pub use uring::IoDriver;
 
 /// QUIC application close code a client sends when its user ends the session.

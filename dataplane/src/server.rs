@@ -109,7 +109,7 @@ impl WorkerConfig {
             tcp_buffer: None,
             read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: crate::IoDriver::Epoll,
-            busy_poll: crate::spin::DEFAULT_WINDOW,
+            busy_poll: crate::spin::default_window(),
         }
     }
 }

@@ -32,6 +32,48 @@ use tokio::sync::Notify;
 /// open, and short enough that a thread back to idle costs little.
 pub const DEFAULT_WINDOW: Duration = Duration::from_micros(50);
 
+/// The window a process uses unless told otherwise: [`DEFAULT_WINDOW`], or none on a machine
+/// with one CPU. There, whatever a poller waits for (the application, the target, the other
+/// Sluice process) runs only when the poller gives the CPU away, so polling only adds turns in
+/// between: with every process pinned to one CPU, round trips through `connect` and the worker
+/// measured 7–8 µs slower with it (docs/design.md, "Busy polling on one CPU").
+pub fn default_window() -> Duration {
+    window_for(online_cpus())
+}
+
+fn window_for(online_cpus: Option<usize>) -> Duration {
+    if online_cpus == Some(1) {
+        Duration::ZERO
+    } else {
+        DEFAULT_WINDOW
+    }
+}
+
+/// CPUs online on this machine (not the ones this process may use: a process pinned to one
+/// CPU may still wait for others running elsewhere), from `/sys/devices/system/cpu/online`.
+fn online_cpus() -> Option<usize> {
+    count_cpus(&std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?)
+}
+
+/// Counts a kernel CPU list such as `0-3,8,10-11`.
+fn count_cpus(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(a.parse::<usize>().ok()?)?
+                .checked_add(1)?,
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(n)
+}
+
 /// A transfer of at most this many bytes opens the window.
 const SMALL: usize = 16 * 1024;
 
@@ -205,6 +247,21 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn a_machine_with_one_cpu_does_not_poll_by_default() {
+        assert_eq!(count_cpus("0\n"), Some(1));
+        assert_eq!(count_cpus("0-1\n"), Some(2));
+        assert_eq!(count_cpus("0-3,8,10-11\n"), Some(7));
+        assert_eq!(count_cpus("3-1"), None, "a backwards range is not a count");
+        assert_eq!(count_cpus(""), None);
+        assert_eq!(window_for(Some(1)), Duration::ZERO);
+        assert_eq!(window_for(Some(2)), DEFAULT_WINDOW);
+        assert_eq!(window_for(None), DEFAULT_WINDOW, "unknown: poll as before");
+        // This machine: its own count decides.
+        let here = online_cpus().expect("/sys/devices/system/cpu/online");
+        assert_eq!(default_window().is_zero(), here == 1);
     }
 
     #[test]

@@ -199,9 +199,13 @@ fn cpu_ms_during(pids: &[u32], quiet: Duration) -> Vec<u64> {
 #[test]
 fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
     let sshd = Sshd::start();
-    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext"]);
+    // Asked for, as the default is 0 on a machine with one CPU (spin::default_window).
+    let dev = Dev::for_sshd(&sshd, &["-worker-allow-plaintext", "-busy-poll-us", "50"]);
     let log = dev.proc.stderr();
-    assert!(log.contains("busy_poll_us=50"), "the default window: {log}");
+    assert!(
+        log.contains("busy_poll_us=50"),
+        "the window asked for: {log}"
+    );
     let pid = dev.proc.child.id();
     for transport in ["tcp", "tls", "quic"] {
         // Many small round trips: each line goes to the target and back in small transfers.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds target/pgo/sluice: the release binary, optimised with a profile of its own run
-# (profile-guided optimisation). Use it where speed matters: it is the build that
-# benches/RESULTS.md measures from the full runs of 2026-12-03 05:47 on. `cargo build --release`
-# stays the plain build.
+# (profile-guided optimisation). Use it where speed matters: benches/RESULTS.md's full runs of
+# 2026-12-03 05:47 and 05:50 measure it (each run's header names its binary). `cargo build
+# --release` stays the plain build.
 #
 # Three steps, about 9 minutes on two cores (8 min 52 s from clean here; 7 min 20 s with the
 # instrumented build's dependencies already built):

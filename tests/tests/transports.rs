@@ -229,10 +229,6 @@ fn a_worker_goes_back_to_sleep_after_interactive_traffic() {
     );
 }
 
-/// `connect` polls too, for the same window after each small transfer (its relays share the
-/// worker's), unless told not to. Left running between sessions of interactive traffic, it must
-/// sleep again once the traffic stops, whatever its window, or it would hold a core of the
-/// user's machine.
 /// Whether this machine has more than one CPU online, where Sluice polls by default
 /// (`spin::default_window`): a one-CPU machine's list is a single number.
 fn polls_by_default() -> bool {
@@ -240,6 +236,10 @@ fn polls_by_default() -> bool {
     !online.trim().chars().all(|c| c.is_ascii_digit())
 }
 
+/// `connect` polls too, for the same window after each small transfer (its relays share the
+/// worker's), unless told not to. Left running between sessions of interactive traffic, it must
+/// sleep again once the traffic stops, whatever its window, or it would hold a core of the
+/// user's machine.
 #[test]
 fn a_connect_left_running_polls_during_interactive_traffic_then_sleeps() {
     let sshd = Sshd::start();

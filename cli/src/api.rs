@@ -81,18 +81,17 @@ impl Api {
             )
         })?;
         let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_owned();
         let text = resp
             .text()
             .await
             .context("while reading the controller's answer")?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = v["message"]
-                .as_str()
-                .map_or_else(|| text.trim().to_owned(), str::to_owned);
-            return Err(anyhow!("{msg} (HTTP {})", status.as_u16()));
-        }
-        Ok(v)
+        answer(&url, status, &content_type, &text)
     }
 
     pub async fn authorize(&self, target_id: &str, host_id: Option<&str>) -> anyhow::Result<Value> {
@@ -109,6 +108,57 @@ impl Api {
             .await
             .with_context(|| format!("while authorizing a session to {target_id}"))?;
         Ok(v["item"].clone())
+    }
+}
+
+/// The controller's answer to a request to `url`. Only the controller's own shapes count: a
+/// JSON object (an error's carries its `message`), or no body at all with 204. Anything else,
+/// such as a load balancer's HTML page or another service on the port, is an error naming what
+/// answered, so nothing is taken for done that the controller never did.
+fn answer(
+    url: &str,
+    status: reqwest::StatusCode,
+    content_type: &str,
+    text: &str,
+) -> anyhow::Result<Value> {
+    let v = if text.trim().is_empty() {
+        None
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(Value::is_object)
+    } else {
+        None
+    };
+    let not_controller = || {
+        let mut sample: String = text
+            .trim()
+            .chars()
+            .take(80)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if text.trim().chars().count() > 80 {
+            sample.push('…');
+        }
+        let body = if sample.is_empty() {
+            "an empty body".to_owned()
+        } else {
+            format!("{content_type}: {sample:?}")
+        };
+        anyhow!(
+            "the server at {url} answered HTTP {} with {body}, not the controller's JSON: \
+             is -addr/SLUICE_ADDR a Sluice controller's API address?",
+            status.as_u16()
+        )
+    };
+    match v {
+        Some(v) if status.is_success() => Ok(v),
+        Some(v) => match v["message"].as_str() {
+            Some(msg) => Err(anyhow!("{msg} (HTTP {})", status.as_u16())),
+            None => Err(not_controller()),
+        },
+        None if status == reqwest::StatusCode::NO_CONTENT => Ok(Value::Null),
+        None => Err(not_controller()),
     }
 }
 
@@ -449,4 +499,50 @@ async fn host_sources(
         Format::Table => print!("\nTarget information:\n{}", output::target(&v["item"])),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn only_the_controllers_json_is_taken_as_an_answer() {
+        let url = "http://127.0.0.1:1/v1/sessions/s_1:cancel";
+        let v = answer(url, StatusCode::OK, "application/json", r#"{"item":{}}"#).unwrap();
+        assert!(v["item"].is_object());
+        assert!(answer(url, StatusCode::NO_CONTENT, "no content type", "")
+            .unwrap()
+            .is_null());
+        let e = answer(
+            url,
+            StatusCode::FORBIDDEN,
+            "application/json",
+            r#"{"message":"no"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "no (HTTP 403)");
+        for (status, ct, body) in [
+            (
+                StatusCode::OK,
+                "text/html",
+                "<html><body>Welcome to nginx!</body></html>",
+            ),
+            (StatusCode::OK, "application/json", "[1, 2]"),
+            (StatusCode::OK, "text/plain", ""),
+            (
+                StatusCode::BAD_GATEWAY,
+                "text/html",
+                "<h1>502 Bad Gateway</h1>",
+            ),
+            (StatusCode::OK, "application/json", "not json"),
+        ] {
+            let e = answer(url, status, ct, body).unwrap_err().to_string();
+            assert!(
+                e.contains(url) && e.contains("not the controller's JSON"),
+                "{status} {ct} {body}: {e}"
+            );
+        }
+    }
 }

@@ -34,10 +34,12 @@ impl WorkerLink for DevLink {
 }
 
 fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
+    use sluice_controlplane::private;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("worker-identity.json");
-    if let Ok(bytes) = std::fs::read(&path) {
+    if private::check_file(&path, "the worker identity")? {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("while reading {}", path.display()))?;
         return serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{} is unreadable; remove it to generate a new identity",
@@ -47,12 +49,7 @@ fn load_or_create_identity(dir: &Path) -> anyhow::Result<WorkerIdentity> {
     }
     let id = generate_worker_identity(tls::WORKER_SERVER_NAME)
         .context("while generating the worker certificate")?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("while writing {}", path.display()))?;
+    let mut f = private::create_new(&path, "the worker identity")?;
     f.write_all(&serde_json::to_vec(&id)?)?;
     f.sync_all()?;
     Ok(id)
@@ -79,13 +76,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let (_tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match &a.data_dir {
         Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("while creating {}", d.display()))?;
+            sluice_controlplane::private::ensure_dir(d, "the data directory (-data-dir)")?;
             (None, d.clone())
         }
         None => {
+            use std::os::unix::fs::PermissionsExt;
             let t = tempfile::Builder::new()
                 .prefix("sluice-dev-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
                 .tempdir()
                 .context("while creating a temporary data directory")?;
             let p = t.path().to_owned();

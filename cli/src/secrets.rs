@@ -19,6 +19,15 @@ pub fn resolve(value: &str, what: &str) -> anyhow::Result<String> {
     Ok(value.to_owned())
 }
 
+/// [`resolve`] for a secret a server reads from its configuration: a `file://` reference must
+/// be owner-only, as the server's own secret files are.
+pub fn resolve_private(value: &str, what: &'static str) -> anyhow::Result<String> {
+    if let Some(path) = value.strip_prefix("file://") {
+        sluice_controlplane::private::check_file(std::path::Path::new(path), what)?;
+    }
+    resolve(value, what)
+}
+
 /// Resolves a secret flag, or asks for it on the terminal (hidden) when it was not given.
 pub fn secret_or_prompt(value: Option<&str>, flag: &str, prompt: &str) -> anyhow::Result<String> {
     use std::io::IsTerminal;
@@ -43,22 +52,15 @@ fn token_path() -> anyhow::Result<PathBuf> {
 
 /// Stores the auth token in a file readable only by the user.
 pub fn store_token(token: &str) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = token_path()?;
     let dir = path.parent().expect("token path has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("while writing {}", tmp.display()))?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
+    sluice_controlplane::private::write_atomic(
+        dir,
+        "the directory of the stored token",
+        "token",
+        token.as_bytes(),
+        "the stored token",
+    )?;
     Ok(path)
 }
 
@@ -68,6 +70,7 @@ pub fn token(flag: Option<&str>) -> anyhow::Result<String> {
         return resolve(t, "-token");
     }
     let path = token_path()?;
+    sluice_controlplane::private::check_file(&path, "the stored token")?;
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(t.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(

@@ -133,9 +133,9 @@ pub fn read_config<T: for<'de> Deserialize<'de> + Default>(
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn password(given: Option<&str>, what: &str) -> anyhow::Result<(String, bool)> {
+fn password(given: Option<&str>, what: &'static str) -> anyhow::Result<(String, bool)> {
     match given {
-        Some(v) => Ok((crate::secrets::resolve(v, what)?, false)),
+        Some(v) => Ok((crate::secrets::resolve_private(v, what)?, false)),
         None => {
             use rand::distributions::{Alphanumeric, DistString};
             Ok((
@@ -188,8 +188,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         "127.0.0.1:9201",
         "the cluster address",
     )?;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("while creating the data directory {}", data_dir.display()))?;
+    sluice_controlplane::private::ensure_dir(&data_dir, "the data directory")?;
     let store = Arc::new(RedbStore::open(&data_dir.join("sluice.redb"))?);
     let first_start = {
         let store = store.clone();
@@ -334,6 +333,7 @@ fn api_tls(
                 .map(|r| r.map(|d| d.to_vec()))
                 .collect::<Result<_, _>>()
                 .with_context(|| format!("{} holds no valid PEM certificate", c.display()))?;
+            sluice_controlplane::private::check_file(k, "api.tls_key_file")?;
             let key = PrivateKeyDer::from_pem_file(k)
                 .with_context(|| format!("{} holds no valid PEM private key", k.display()))?;
             (

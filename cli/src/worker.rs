@@ -112,24 +112,15 @@ struct StoredIdentity {
 const IDENTITY_FILE: &str = "worker-auth.json";
 const KEYS_FILE: &str = "token-keys.json";
 
-/// Writes `bytes` to `dir/name` atomically (temporary file, fsync, rename), readable only by
-/// the owner.
+/// Writes `bytes` to `dir/name` atomically, readable only by the owner.
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
-    let path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("while writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("while writing {}", path.display()))?;
+    sluice_controlplane::private::write_atomic(
+        dir,
+        "the worker's auth_storage_path",
+        name,
+        bytes,
+        "the worker's file",
+    )?;
     Ok(())
 }
 
@@ -142,7 +133,11 @@ fn load_keys(dir: &Path) -> Vec<Vec<u8>> {
 }
 
 fn load_identity(dir: &Path) -> anyhow::Result<Option<StoredIdentity>> {
+    use sluice_controlplane::private;
+    private::ensure_dir(dir, "the worker's auth_storage_path")?;
     let path = dir.join(IDENTITY_FILE);
+    private::check_file(&path, "the worker's identity")?;
+    private::check_file(&dir.join(KEYS_FILE), "the worker's kept token keys")?;
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
             format!(

@@ -214,17 +214,17 @@ impl Controller {
         check_version(id, current.version, version)?;
         check_password(new_password)?;
         self.logins
-            .check(&current.auth_method_id, &current.login_name)?;
+            .attempt(&current.auth_method_id, &current.login_name)?;
         if !self
             .verify_password(current.password_hash.clone(), current_password)
             .await?
         {
-            self.logins
-                .failed(&current.auth_method_id, &current.login_name);
             return Err(ApiError::unauthenticated(
                 "the current password is wrong; the password was not changed",
             ));
         }
+        self.logins
+            .succeeded(&current.auth_method_id, &current.login_name);
         let password_hash = hash(new_password).await?;
         self.store_password(id, current.version, password_hash)
             .await

@@ -275,7 +275,7 @@ fn scope_json(s: &Scope) -> Value {
 /// A scope as `scopes read/list` show it: with its parent as `scope`.
 fn scope_item_json(c: &Controller, s: &Scope) -> Value {
     let parent = c
-        .read_scope(&s.parent_scope_id)
+        .scope_or_global(&s.parent_scope_id)
         .map(|p| scope_json(&p))
         .unwrap_or(Value::Null);
     json!({"id": s.id, "scope_id": s.parent_scope_id, "scope": parent, "type": s.kind,
@@ -331,10 +331,10 @@ async fn list_scopes(
     headers: HeaderMap,
     Query(q): Query<ScopeListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
+    let p = principal(&c, &headers)?;
     let parent = q.scope_id.unwrap_or_else(|| "global".into());
     let items: Vec<Value> = c
-        .list_scopes(&parent, q.recursive)?
+        .list_scopes(&p, &parent, q.recursive)?
         .iter()
         .map(|s| scope_item_json(&c, s))
         .collect();
@@ -346,8 +346,8 @@ async fn read_scope(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
-    Ok(item(scope_item_json(&c, &c.read_scope(&id)?)))
+    let p = principal(&c, &headers)?;
+    Ok(item(scope_item_json(&c, &c.read_scope(&p, &id)?)))
 }
 
 async fn update_scope(
@@ -878,12 +878,12 @@ async fn list_host_catalogs(
     headers: HeaderMap,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
+    let p = principal(&c, &headers)?;
     let scope = q
         .scope_id
         .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
     let items: Vec<Value> = c
-        .list_host_catalogs(&scope)
+        .list_host_catalogs(&p, &scope)
         .iter()
         .map(catalog_json)
         .collect();
@@ -895,8 +895,8 @@ async fn read_host_catalog(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
-    Ok(item(catalog_json(&c.read_host_catalog(&id)?)))
+    let p = principal(&c, &headers)?;
+    Ok(item(catalog_json(&c.read_host_catalog(&p, &id)?)))
 }
 
 async fn delete_host_catalog(
@@ -934,11 +934,11 @@ async fn list_hosts(
     headers: HeaderMap,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
+    let p = principal(&c, &headers)?;
     let cat = q
         .host_catalog_id
         .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
-    let items: Vec<Value> = c.list_hosts(&cat).iter().map(host_json).collect();
+    let items: Vec<Value> = c.list_hosts(&p, &cat).iter().map(host_json).collect();
     Ok(Json(json!({ "items": items })))
 }
 
@@ -947,8 +947,8 @@ async fn read_host(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
-    Ok(item(host_json(&c.read_host(&id)?)))
+    let p = principal(&c, &headers)?;
+    Ok(item(host_json(&c.read_host(&p, &id)?)))
 }
 
 async fn delete_host(
@@ -980,11 +980,15 @@ async fn list_host_sets(
     headers: HeaderMap,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
+    let p = principal(&c, &headers)?;
     let cat = q
         .host_catalog_id
         .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
-    let items: Vec<Value> = c.list_host_sets(&cat).iter().map(host_set_json).collect();
+    let items: Vec<Value> = c
+        .list_host_sets(&p, &cat)
+        .iter()
+        .map(host_set_json)
+        .collect();
     Ok(Json(json!({ "items": items })))
 }
 
@@ -993,8 +997,8 @@ async fn read_host_set(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    principal(&c, &headers)?;
-    Ok(item(host_set_json(&c.read_host_set(&id)?)))
+    let p = principal(&c, &headers)?;
+    Ok(item(host_set_json(&c.read_host_set(&p, &id)?)))
 }
 
 async fn host_set_action(
@@ -1329,11 +1333,12 @@ async fn update_host_resource(
     headers: &HeaderMap,
     id: &str,
     body: &str,
-) -> Result<(), ApiError> {
+) -> Result<Principal, ApiError> {
     let p = principal(c, headers)?;
     let u: crate::resources::HostUpdate = parse_body(body)?;
     static_only(&u.kind)?;
-    c.update_host_resource(&p, id, u).await.map(|_| ())
+    c.update_host_resource(&p, id, u).await?;
+    Ok(p)
 }
 
 async fn update_host_catalog(
@@ -1342,8 +1347,8 @@ async fn update_host_catalog(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    update_host_resource(&c, &headers, &id, &body).await?;
-    Ok(item(catalog_json(&c.read_host_catalog(&id)?)))
+    let p = update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(catalog_json(&c.read_host_catalog(&p, &id)?)))
 }
 
 async fn update_host(
@@ -1352,8 +1357,8 @@ async fn update_host(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    update_host_resource(&c, &headers, &id, &body).await?;
-    Ok(item(host_json(&c.read_host(&id)?)))
+    let p = update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(host_json(&c.read_host(&p, &id)?)))
 }
 
 async fn update_host_set(
@@ -1362,8 +1367,8 @@ async fn update_host_set(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    update_host_resource(&c, &headers, &id, &body).await?;
-    Ok(item(host_set_json(&c.read_host_set(&id)?)))
+    let p = update_host_resource(&c, &headers, &id, &body).await?;
+    Ok(item(host_set_json(&c.read_host_set(&p, &id)?)))
 }
 
 /// Parses `body` as every JSON request body the API accepts, and worker filters as given in

@@ -477,7 +477,7 @@ impl Controller {
                 "auth method {auth_method_id} not found"
             )));
         }
-        self.logins.check(auth_method_id, login_name)?;
+        self.logins.attempt(auth_method_id, login_name)?;
         let account = self
             .state()
             .accounts
@@ -500,10 +500,7 @@ impl Controller {
         let ok = self.verify_password(hash, password).await?;
         let account = match account {
             Some(a) if ok => a,
-            _ => {
-                self.logins.failed(auth_method_id, login_name);
-                return Err(failed());
-            }
+            _ => return Err(failed()),
         };
         self.logins.succeeded(auth_method_id, login_name);
         if !self.state().users.contains_key(&account.user_id) {
@@ -1114,12 +1111,22 @@ fn event_write(st: &mut State, event: WorkerEvent) -> Option<Write> {
 
 /// Refuses a user the targets of projects it was not given.
 fn project_allowed(p: &Principal, t: &Target) -> Result<(), ApiError> {
-    if p.user.may_use_project(&t.scope_id) {
+    confine(p, "target", &t.id, &t.scope_id)
+}
+
+/// Refuses a user anything in a project it was not given: `what` `id` lives in `project_id`.
+pub(crate) fn confine(
+    p: &Principal,
+    what: &str,
+    id: &str,
+    project_id: &str,
+) -> Result<(), ApiError> {
+    if p.user.may_use_project(project_id) {
         return Ok(());
     }
     Err(ApiError::forbidden(format!(
-        "target {} is in project {}, which user {} has not been given; an administrator can add it with `sluice users update -id {} -project-id {}`",
-        t.id, t.scope_id, p.user.id, p.user.id, t.scope_id
+        "{what} {id} is in project {project_id}, which user {} has not been given; an administrator can add it with `sluice users update -id {} -project-id {project_id}`",
+        p.user.id, p.user.id
     )))
 }
 

@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod ids;
 pub mod model;
 pub mod pki;
+pub mod private;
 pub mod resources;
 pub mod scopes;
 pub mod sessions;

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use tracing::info;
 
 use crate::api::ApiError;
-use crate::controller::{enc, Controller, Principal, State};
+use crate::controller::{confine, enc, Controller, Principal, State};
 use crate::ids::new_id;
 use crate::model::{AuthToken, Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
 use crate::sessions;
@@ -327,8 +327,11 @@ impl Controller {
         Ok(c)
     }
 
-    /// Host catalogs of a project.
-    pub fn list_host_catalogs(&self, scope_id: &str) -> Vec<HostCatalog> {
+    /// Host catalogs of a project; none of a project the caller was not given.
+    pub fn list_host_catalogs(&self, p: &Principal, scope_id: &str) -> Vec<HostCatalog> {
+        if !p.user.may_use_project(scope_id) {
+            return vec![];
+        }
         self.state()
             .catalogs
             .values()
@@ -337,13 +340,30 @@ impl Controller {
             .collect()
     }
 
-    /// One host catalog.
-    pub fn read_host_catalog(&self, id: &str) -> Result<HostCatalog, ApiError> {
-        self.state()
+    /// One host catalog, of a project the caller was given.
+    pub fn read_host_catalog(&self, p: &Principal, id: &str) -> Result<HostCatalog, ApiError> {
+        let c = self
+            .state()
             .catalogs
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host catalog {id} not found")))
+            .ok_or_else(|| ApiError::not_found(format!("host catalog {id} not found")))?;
+        confine(p, "host catalog", id, &c.scope_id)?;
+        Ok(c)
+    }
+
+    /// The project of host catalog `catalog_id`, if it exists.
+    fn catalog_project(&self, catalog_id: &str) -> Option<String> {
+        self.state()
+            .catalogs
+            .get(catalog_id)
+            .map(|c| c.scope_id.clone())
+    }
+
+    /// Whether the caller may see what is in host catalog `catalog_id`.
+    fn may_see_catalog(&self, p: &Principal, catalog_id: &str) -> bool {
+        self.catalog_project(catalog_id)
+            .is_some_and(|project| p.user.may_use_project(&project))
     }
 
     /// Deletes a host catalog with its hosts and host sets; sessions to its hosts are canceled.
@@ -425,8 +445,11 @@ impl Controller {
         Ok(h)
     }
 
-    /// Hosts of a catalog.
-    pub fn list_hosts(&self, catalog_id: &str) -> Vec<Host> {
+    /// Hosts of a catalog; none of a project the caller was not given.
+    pub fn list_hosts(&self, p: &Principal, catalog_id: &str) -> Vec<Host> {
+        if !self.may_see_catalog(p, catalog_id) {
+            return vec![];
+        }
         self.state()
             .hosts
             .values()
@@ -435,13 +458,17 @@ impl Controller {
             .collect()
     }
 
-    /// One host.
-    pub fn read_host(&self, id: &str) -> Result<Host, ApiError> {
-        self.state()
+    /// One host, of a project the caller was given.
+    pub fn read_host(&self, p: &Principal, id: &str) -> Result<Host, ApiError> {
+        let h = self
+            .state()
             .hosts
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))
+            .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))?;
+        let project = self.catalog_project(&h.catalog_id).unwrap_or_default();
+        confine(p, "host", id, &project)?;
+        Ok(h)
     }
 
     /// Deletes a host: it leaves its host sets and its sessions are canceled.
@@ -508,8 +535,11 @@ impl Controller {
         Ok(h)
     }
 
-    /// Host sets of a catalog.
-    pub fn list_host_sets(&self, catalog_id: &str) -> Vec<HostSet> {
+    /// Host sets of a catalog; none of a project the caller was not given.
+    pub fn list_host_sets(&self, p: &Principal, catalog_id: &str) -> Vec<HostSet> {
+        if !self.may_see_catalog(p, catalog_id) {
+            return vec![];
+        }
         self.state()
             .host_sets
             .values()
@@ -518,13 +548,17 @@ impl Controller {
             .collect()
     }
 
-    /// One host set.
-    pub fn read_host_set(&self, id: &str) -> Result<HostSet, ApiError> {
-        self.state()
+    /// One host set, of a project the caller was given.
+    pub fn read_host_set(&self, p: &Principal, id: &str) -> Result<HostSet, ApiError> {
+        let h = self
+            .state()
             .host_sets
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))
+            .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))?;
+        let project = self.catalog_project(&h.catalog_id).unwrap_or_default();
+        confine(p, "host set", id, &project)?;
+        Ok(h)
     }
 
     /// Adds, removes or replaces the hosts of a host set (hosts of the same catalog).

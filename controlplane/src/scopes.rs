@@ -88,8 +88,14 @@ impl Controller {
     }
 
     /// The scopes directly in `parent_id` (`global` lists orgs), or with `recursive` every
-    /// scope below it.
-    pub fn list_scopes(&self, parent_id: &str, recursive: bool) -> Result<Vec<Scope>, ApiError> {
+    /// scope below it; of those, only the projects the caller was given and the orgs that
+    /// hold one.
+    pub fn list_scopes(
+        &self,
+        p: &Principal,
+        parent_id: &str,
+        recursive: bool,
+    ) -> Result<Vec<Scope>, ApiError> {
         let st = self.state();
         if parent_id != "global" && !st.scopes.contains_key(parent_id) {
             return Err(ApiError::not_found(format!("scope {parent_id} not found")));
@@ -105,17 +111,31 @@ impl Controller {
                             .get(&s.parent_scope_id)
                             .is_some_and(|parent| parent.parent_scope_id == parent_id))
             })
+            .filter(|s| may_see_scope(p, &st, s))
             .cloned()
             .collect())
     }
 
-    /// One scope (`global` included).
-    pub fn read_scope(&self, id: &str) -> Result<Scope, ApiError> {
+    /// One scope (`global` included), if the caller may see it.
+    pub fn read_scope(&self, p: &Principal, id: &str) -> Result<Scope, ApiError> {
+        let s = self
+            .scope_or_global(id)
+            .ok_or_else(|| ApiError::not_found(format!("scope {id} not found")))?;
+        if !may_see_scope(p, &self.state(), &s) {
+            return Err(ApiError::forbidden(format!(
+                "scope {id} holds no project user {} has been given; an administrator can add one with `sluice users update -id {} -project-id ...`",
+                p.user.id, p.user.id
+            )));
+        }
+        Ok(s)
+    }
+
+    /// One scope (`global` included), whoever asks.
+    pub(crate) fn scope_or_global(&self, id: &str) -> Option<Scope> {
         if id == "global" {
-            return Ok(global());
+            return Some(global());
         }
         self.scope(id)
-            .ok_or_else(|| ApiError::not_found(format!("scope {id} not found")))
     }
 
     /// Changes a scope's name or description (admin only); stale versions get 409.
@@ -232,5 +252,22 @@ impl Controller {
         self.push_cancels(pushes);
         info!(scope_id = %id, resources = removed, sessions_canceled = canceled, "scope deleted");
         Ok(())
+    }
+}
+
+/// A user confined to projects sees global, those projects, and the orgs that hold them.
+fn may_see_scope(p: &Principal, st: &crate::controller::State, s: &Scope) -> bool {
+    match s.kind.as_str() {
+        "project" => p.user.may_use_project(&s.id),
+        "org" => {
+            p.user.admin
+                || p.user.project_ids.is_empty()
+                || p.user.project_ids.iter().any(|id| {
+                    st.scopes
+                        .get(id)
+                        .is_some_and(|project| project.parent_scope_id == s.id)
+                })
+        }
+        _ => true,
     }
 }

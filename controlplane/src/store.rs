@@ -71,6 +71,19 @@ pub enum StoreError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The file exists but is empty: not a store, and opening it would start afresh.
+    #[error(
+        "the store {path} is empty (0 bytes): it is not a Sluice store, and starting on it would \
+         replace the signing keys, the cluster CA and every resource; restore it from a backup, \
+         or remove it to start with nothing"
+    )]
+    Empty {
+        /// Its path.
+        path: String,
+    },
+    /// The file is open to other users, or cannot be checked.
+    #[error(transparent)]
+    Exposed(#[from] crate::private::PrivateError),
     /// A read or write failed.
     #[error("database {0}")]
     Io(String),
@@ -112,17 +125,36 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 const MAX_GROUP: usize = 4096;
 
 impl RedbStore {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens the database file at `path`, or creates it (0600) when it is absent. An existing
+    /// file must be owner-only and not empty: a truncated store is refused, never re-initialised.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
+        let open_err = |e: redb::DatabaseError| StoreError::Open {
             path: path.display().to_string(),
             source: Box::new(e),
-        })?;
-        let txn = db.begin_write().map_err(io)?;
-        for t in Table::ALL {
-            txn.open_table(t.def()).map_err(io)?;
-        }
-        txn.commit().map_err(io)?;
+        };
+        let db = if crate::private::check_file(path, "the store")? {
+            let len = std::fs::metadata(path).map_err(io)?.len();
+            if len == 0 {
+                return Err(StoreError::Empty {
+                    path: path.display().to_string(),
+                });
+            }
+            Database::open(path).map_err(open_err)?
+        } else {
+            // Built under another name and renamed once its tables exist, so a crash part-way
+            // leaves no file rather than an empty one (which the next start would refuse).
+            let fresh = path.with_extension("redb.new");
+            let _ = std::fs::remove_file(&fresh);
+            let file = crate::private::create_new(&fresh, "the store")?;
+            let backend = redb::backends::FileBackend::new(file).map_err(open_err)?;
+            let db = Database::builder()
+                .create_with_backend(backend)
+                .map_err(open_err)?;
+            create_tables(&db)?;
+            std::fs::rename(&fresh, path).map_err(io)?;
+            db
+        };
+        create_tables(&db)?;
         let db = std::sync::Arc::new(db);
         let (tx, rx) = mpsc::channel::<(Vec<Write>, Done)>();
         let writer_db = db.clone();
@@ -136,6 +168,15 @@ impl RedbStore {
             writer: Some(writer),
         })
     }
+}
+
+/// Opens every table once, so reads find them on a new store.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    for t in Table::ALL {
+        txn.open_table(t.def()).map_err(io)?;
+    }
+    txn.commit().map_err(io)
 }
 
 fn apply(db: &Database, batch: &[(Vec<Write>, Done)]) -> Result<(), StoreError> {
@@ -265,6 +306,33 @@ mod tests {
             vec![("s_1".into(), b"two".to_vec())]
         );
         assert!(store.load(Table::Meta).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_store_is_owner_only_and_an_empty_or_exposed_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("s.redb.new").exists());
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = RedbStore::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("open to other users") && e.contains("chmod 600"),
+            "{e}"
+        );
+
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = RedbStore::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("is empty (0 bytes)") && e.contains("backup"),
+            "{e}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
     }
 
     #[test]

@@ -42,23 +42,11 @@ impl LoginThrottle {
         format!("{auth_method_id}/{}", login_name.to_lowercase())
     }
 
-    /// Refuses a login name that failed too often recently, saying how long to wait.
-    pub(crate) fn check(&self, auth_method_id: &str, login_name: &str) -> Result<(), ApiError> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, since)) = map.get(&Self::key(auth_method_id, login_name)) {
-            let elapsed = since.elapsed();
-            if *n >= MAX_FAILURES && elapsed < self.window {
-                let wait = (self.window - elapsed).as_secs() + 1;
-                return Err(ApiError::too_many_requests(format!(
-                    "too many failed attempts for login name {login_name:?}: try again in {wait} s"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a failed attempt.
-    pub(crate) fn failed(&self, auth_method_id: &str, login_name: &str) {
+    /// Counts an attempt for a login name before its password is checked, or refuses it once
+    /// [`MAX_FAILURES`] attempts are counted within the window, saying how long to wait.
+    /// Counting first means a burst of parallel guesses gets no more evaluations than a
+    /// sequence would; a success clears the count ([`Self::succeeded`]).
+    pub(crate) fn attempt(&self, auth_method_id: &str, login_name: &str) -> Result<(), ApiError> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED {
             let window = self.window;
@@ -67,10 +55,17 @@ impl LoginThrottle {
         let e = map
             .entry(Self::key(auth_method_id, login_name))
             .or_insert((0, Instant::now()));
-        if e.1.elapsed() >= self.window {
+        let elapsed = e.1.elapsed();
+        if elapsed >= self.window {
             *e = (0, Instant::now());
+        } else if e.0 >= MAX_FAILURES {
+            let wait = (self.window - elapsed).as_secs() + 1;
+            return Err(ApiError::too_many_requests(format!(
+                "too many failed attempts for login name {login_name:?}: try again in {wait} s"
+            )));
         }
         e.0 += 1;
+        Ok(())
     }
 
     /// Forgets the failures of a login name that got in.
@@ -97,25 +92,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_login_name_is_locked_after_repeated_failures_and_only_that_one() {
+    fn a_login_name_is_locked_after_repeated_attempts_and_only_that_one() {
         let t = LoginThrottle::with_window(Duration::from_millis(300));
         for _ in 0..MAX_FAILURES {
-            t.check("ampw_1", "dora").unwrap();
-            t.failed("ampw_1", "dora");
+            t.attempt("ampw_1", "dora").unwrap();
         }
-        let e = t.check("ampw_1", "Dora").unwrap_err();
+        let e = t.attempt("ampw_1", "Dora").unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert!(e.message.contains("try again in"), "{}", e.message);
-        t.check("ampw_1", "eve").unwrap();
-        t.check("ampw_2", "dora").unwrap();
+        t.attempt("ampw_1", "eve").unwrap();
+        t.attempt("ampw_2", "dora").unwrap();
         std::thread::sleep(Duration::from_millis(350));
-        t.check("ampw_1", "dora").unwrap();
+        t.attempt("ampw_1", "dora").unwrap();
         // A success clears the count.
-        for _ in 0..MAX_FAILURES - 1 {
-            t.failed("ampw_1", "eve");
+        for _ in 0..MAX_FAILURES - 2 {
+            t.attempt("ampw_1", "eve").unwrap();
         }
         t.succeeded("ampw_1", "eve");
-        t.failed("ampw_1", "eve");
-        t.check("ampw_1", "eve").unwrap();
+        for _ in 0..MAX_FAILURES {
+            t.attempt("ampw_1", "eve").unwrap();
+        }
+        t.attempt("ampw_1", "eve").unwrap_err();
     }
 }

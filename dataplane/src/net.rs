@@ -71,21 +71,70 @@ pub fn bind_tcp(
     Ok(socket.into())
 }
 
+/// Proof that this process owns a worker port on this host (network namespace).
+///
+/// The worker's threads share their port with `SO_REUSEPORT`, which the kernel also grants to
+/// any other process of the same user: a second worker on the same address would start
+/// without "address in use" and be handed part of the first one's new connections. So the
+/// port is first claimed by binding an abstract Unix socket named after it, which only one
+/// process can hold and which the kernel releases when the process ends, however it ends.
+/// The claim covers the port on every address of the host.
+#[derive(Debug)]
+pub struct PortClaim {
+    _socket: std::os::unix::net::UnixDatagram,
+}
+
+impl PortClaim {
+    /// Claims `port`, or says that another process holds it.
+    pub fn take(port: u16) -> std::io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("sluice-worker-port-{port}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+            Ok(s) => Ok(Self { _socket: s }),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "address in use: another Sluice worker on this host listens on port \
+                     {port}; stop it or give this one another address"
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Binds, for each of `threads`, a UDP socket (QUIC) and a TCP listener (TLS and TCP
-/// transports) on one shared port number. With port 0 the port is picked for UDP and tried for
-/// TCP, a few times if TCP has it taken.
+/// transports) on one shared port number, after claiming that port for this process
+/// ([`PortClaim`]). With port 0 the port is picked for UDP and tried for TCP, a few times if
+/// TCP has it taken.
+#[allow(clippy::type_complexity)]
 pub fn bind_all(
     addr: SocketAddr,
     threads: usize,
     tcp_buffer: Option<usize>,
 ) -> std::io::Result<(
     SocketAddr,
+    PortClaim,
     Vec<(std::net::UdpSocket, std::net::TcpListener)>,
 )> {
+    let mut given = (addr.port() != 0)
+        .then(|| PortClaim::take(addr.port()))
+        .transpose()?;
     let mut last_err = None;
     for _ in 0..8 {
         let first = bind_udp(addr, true)?;
         let local = first.local_addr()?;
+        let claim = match given.take() {
+            Some(c) => c,
+            None => match PortClaim::take(local.port()) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            },
+        };
         let tcp = match bind_tcp(local, true, tcp_buffer) {
             Ok(t) => t,
             Err(e) if addr.port() == 0 => {
@@ -98,7 +147,7 @@ pub fn bind_all(
         for _ in 1..threads {
             out.push((bind_udp(local, true)?, bind_tcp(local, true, tcp_buffer)?));
         }
-        return Ok((local, out));
+        return Ok((local, claim, out));
     }
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
@@ -329,6 +378,24 @@ mod tests {
     fn buffers(s: &tokio::net::TcpStream) -> (usize, usize) {
         let r = socket2::SockRef::from(s);
         (r.recv_buffer_size().unwrap(), r.send_buffer_size().unwrap())
+    }
+
+    #[test]
+    fn a_worker_port_is_held_by_one_owner_and_released_with_it() {
+        let (local, claim, sockets) = bind_all("127.0.0.1:0".parse().unwrap(), 2, None).unwrap();
+        assert_eq!(sockets.len(), 2);
+        let e = bind_all(local, 2, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("another Sluice worker"), "{e}");
+        // The claim covers the port on every address, not only the one first bound.
+        let any = SocketAddr::from(([0, 0, 0, 0], local.port()));
+        assert_eq!(
+            bind_all(any, 1, None).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
+        drop((claim, sockets));
+        let (again, _claim, _sockets) = bind_all(local, 1, None).unwrap();
+        assert_eq!(again, local);
     }
 
     #[tokio::test]

@@ -118,6 +118,8 @@ impl WorkerConfig {
 pub struct Worker {
     registry: Arc<Registry>,
     local_addr: SocketAddr,
+    /// Held while the worker runs, so no other process joins its port.
+    _port_claim: crate::net::PortClaim,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     trim_stop: Arc<std::sync::atomic::AtomicBool>,
@@ -153,7 +155,7 @@ impl Worker {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()));
         let server_config = crate::tls::server_config(tls)
             .map_err(|e| std::io::Error::other(format!("worker QUIC config: {e}")))?;
-        let (local_addr, sockets) =
+        let (local_addr, port_claim, sockets) =
             crate::net::bind_all(config.listen_addr, threads, config.tcp_buffer)?;
         crate::pool::set_read_ahead_budget(config.read_ahead_budget);
         let mut registry = Registry::new(config.worker_id.clone(), keys, events);
@@ -218,6 +220,7 @@ impl Worker {
         Ok(Self {
             registry,
             local_addr,
+            _port_claim: port_claim,
             stop,
             threads: handles,
             trim_stop,

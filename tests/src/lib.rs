@@ -73,6 +73,16 @@ pub fn free_udp_port() -> u16 {
     panic!("no loopback port was free for both UDP and TCP in 100 tries")
 }
 
+/// A temporary directory only its owner may enter, as Sluice requires of a directory that
+/// holds secrets (`-data-dir`, `-auth-storage-path`).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("a temporary directory")
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, failing the test after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
     wait_for_or_explain(what, limit, f, String::new)
@@ -449,7 +459,13 @@ impl ServerSetup {
         format!("127.0.0.1:{}", self.cluster_port)
     }
 
-    fn spawn(&self, home: &std::path::Path) -> Proc {
+    /// The store directory `sluice server` is given (`-data-dir`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.path().join("store")
+    }
+
+    /// The `sluice server` command of this setup, with `home` as its HOME.
+    pub fn command(&self, home: &std::path::Path) -> Command {
         let config = self.data_dir.path().join("controller.toml");
         std::fs::write(
             &config,
@@ -475,7 +491,11 @@ impl ServerSetup {
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("SLUICE_TEST_PW", "password")
             .env("SLUICE_LOG", "info,quinn=warn");
-        let mut proc = Proc::spawn(cmd);
+        cmd
+    }
+
+    fn spawn(&self, home: &std::path::Path) -> Proc {
+        let mut proc = Proc::spawn(self.command(home));
         wait_for("sluice server to start", Duration::from_secs(30), || {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -587,7 +607,7 @@ impl WorkerProc {
         tags: &[&str],
         config: &str,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let port = free_udp_port();
         let config_path = dir.path().join("worker.toml");
         std::fs::write(&config_path, config).unwrap();

@@ -8,7 +8,7 @@ use sluice_e2e::{http_request, wait_for, Dev};
 
 #[test]
 fn a_controller_killed_during_1000_concurrent_authorizations_keeps_every_acknowledged_session() {
-    let data = tempfile::tempdir().unwrap();
+    let data = sluice_e2e::private_tempdir();
     let data_dir = data.path().display().to_string();
     let proxy = format!("127.0.0.1:{}", sluice_e2e::free_udp_port());
     let mut dev = Dev::start(&["-data-dir", &data_dir, "-proxy-addr", &proxy]);

@@ -359,7 +359,7 @@ fn activation_tokens_work_once_and_deleted_workers_are_shut_out() {
     );
 
     // The same token again, from a worker without an identity: refused.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = sluice_e2e::private_tempdir();
     let mut again = Proc::spawn({
         let mut c = std::process::Command::new(sluice_e2e::sluice_bin());
         c.args([

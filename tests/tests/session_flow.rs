@@ -525,7 +525,7 @@ fn refusals_name_the_problem() {
 #[test]
 fn a_restart_with_a_data_dir_keeps_sessions_and_tokens() {
     let sshd = Sshd::start();
-    let data = tempfile::tempdir().unwrap();
+    let data = sluice_e2e::private_tempdir();
     let data_dir = data.path().display().to_string();
     // Tokens name their worker's address, so the worker must come back on the same port.
     let proxy = format!("127.0.0.1:{}", sluice_e2e::free_udp_port());

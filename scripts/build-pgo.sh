@@ -11,7 +11,7 @@
 #      bulk, round trips and new connections over quic, tls and tcp, authorize, cancel, 10,000
 #      idle connections), each process writing its counts under target/pgo/data;
 #   3. the release build again with those counts (target/pgo/use), copied to target/pgo/sluice.
-# Measured against the plain build (docs/design.md, "Profile-guided optimisation").
+# Measured against the plain build (docs/tuning.md).
 #
 # Needs llvm-profdata from the same LLVM as rustc: `rustup component add llvm-tools`.
 set -euo pipefail

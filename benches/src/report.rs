@@ -52,8 +52,7 @@ pub fn conditions(bin: &std::path::Path) -> String {
 /// How this machine's idle CPUs wait, when its kernel says: on a VM whose guest halt polling
 /// is off, every wake-up of an idle vCPU goes through the host. Here that made new connections
 /// through Sluice take twice as long beyond their round trip, and the peers' round trips
-/// several times as long, as with the kernel's default of 200 µs (docs/design.md, "Idle
-/// vCPUs").
+/// several times as long, as with the kernel's default of 200 µs (docs/tuning.md).
 fn idle_vcpus() -> String {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
     match read("/sys/devices/system/cpu/cpuidle/current_driver") {

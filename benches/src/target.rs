@@ -6,7 +6,7 @@
 //! connection it accepted. Until 2026-12-01 one thread accepted and started a new thread per
 //! connection: every new connection, direct or proxied, then waited for a thread to be created
 //! (and its 256 KiB buffer mapped) before its first byte was read, a cost of the target's, not
-//! of the path measured (docs/design.md, "Where a new connection's time goes").
+//! of the path measured (docs/design.md).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

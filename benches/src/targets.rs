@@ -135,7 +135,7 @@ pub fn evaluate(r: &Results) -> Vec<Target> {
         1.5,
     ));
     // "1 RTT" is the path's own round trip (its closed-loop p50 in this run): the echoed byte
-    // crosses the whole path (docs/design.md, "Which round trip").
+    // crosses the whole path (docs/design.md).
     let what = "new connection in an open quic session -> first echoed byte <= 1 RTT + 100 us";
     let setup = r.setup_us.iter().find(|(n, _)| n == FULL_QUIC);
     t.push(match (setup, path(r, FULL_QUIC)) {

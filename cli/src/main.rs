@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     // the local sockets together, without cross-thread wake-ups (measured: fewer context
     // switches and more throughput than a two-thread runtime). That thread polls for a short
     // window after each small transfer, as worker threads do, instead of sleeping until the
-    // answer arrives (docs/design.md, "Busy polling in connect").
+    // answer arrives (docs/tuning.md).
     let (builder, busy_poll) = match &cli.command {
         args::Command::Connect(args::ConnectArgs { busy_poll_us, .. })
         | args::Command::Proxy(args::ProxyArgs { busy_poll_us, .. }) => (

@@ -118,7 +118,7 @@ pub(crate) struct State {
     /// event finds its connection here. Scanning the list instead made every event cost as
     /// much as the connections the session ever had: around 34,000 connections through one
     /// session, that scan was about half of `sluice dev`'s CPU samples, and setup took 247
-    /// µs against 206 (docs/design.md, "Connection events in long sessions").
+    /// µs against 206 (docs/design.md).
     pub(crate) connection_index: HashMap<String, HashMap<String, usize>>,
     pub(crate) workers: BTreeMap<String, Worker>,
 }

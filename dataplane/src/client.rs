@@ -416,7 +416,7 @@ impl ClientSession {
     /// unless one is ready or on its way, or the session has no connection left.
     ///
     /// Not over `tcp`: its handshake is the kernel's alone, and a spare made no difference to
-    /// a new connection there (docs/design.md, "Spare TLS connections").
+    /// a new connection there (docs/design.md).
     fn refill_spare(&self) {
         let Inner::Stream {
             worker,

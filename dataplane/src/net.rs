@@ -237,7 +237,7 @@ pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> 
 /// Autotuning gives a loopback socket a send buffer of `tcp_wmem`'s maximum (4 MiB here) at
 /// once, so megabytes can wait between the relay and the receiver, most likely beyond what the
 /// CPU caches hold. With 512 KiB the worker hop moved about 1.5 times as much at two thirds of
-/// the worker's CPU per byte (docs/design.md, "Send buffers of near sockets"). 512 KiB in
+/// the worker's CPU per byte (docs/design.md). 512 KiB in
 /// flight over at most 100 µs still allows 5 GB/s, more than one relayed connection moves, so
 /// the cap costs nothing there; a farther path keeps autotuning, which it needs. A peer on this
 /// host counts as near whatever its handshake took: on a loaded machine a loopback handshake
@@ -257,7 +257,7 @@ pub fn fit_send_buffer(s: &tokio::net::TcpStream) -> bool {
 /// copies them out (splicing passes the same pages on). With 128 KiB the full tcp path moved
 /// 2,130–2,654 MB/s at 0.32–0.40 CPU-s/GiB of proxy CPU against 1,705–1,786 at 0.46–0.51
 /// uploading, and 2,123–3,281 MB/s at 0.19–0.41 against 1,542–1,831 at 0.55–0.62 downloading
-/// (docs/design.md, "Receive buffers of spliced sockets"). Where the bytes are read
+/// (docs/design.md). Where the bytes are read
 /// to be encrypted (`quic`, `tls`) a fixed receive buffer made no difference or was slower,
 /// so those keep autotuning.
 pub fn fit_buffers(s: &tokio::net::TcpStream, receive: Option<usize>) -> bool {

@@ -134,7 +134,7 @@ pub enum Answer<'a> {
     /// the same write and so the same packet, or alone once the target has ended. A packet
     /// with the answer alone would wake `connect` for nothing it can pass on; held back to
     /// ride with the echo, a new connection's first echoed byte came about 10 µs sooner
-    /// (docs/design.md, "The worker's answer rides with the target's first bytes").
+    /// (docs/design.md).
     Send(Bytes),
 }
 

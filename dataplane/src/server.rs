@@ -213,8 +213,7 @@ impl Worker {
                 "idle CPUs here halt at once (cpuidle haltpoll, guest_halt_poll_ns 0), so \
                  traffic that wakes one waits for the host; with the kernel's default, 200000 \
                  in /sys/module/haltpoll/parameters/guest_halt_poll_ns, new connections \
-                 through Sluice took half the time beyond their round trip (docs/design.md, \
-                 \"Idle vCPUs\")"
+                 through Sluice took half the time beyond their round trip (docs/tuning.md)"
             );
         }
         Ok(Self {

@@ -36,7 +36,7 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_micros(50);
 /// with one CPU. There, whatever a poller waits for (the application, the target, the other
 /// Sluice process) runs only when the poller gives the CPU away, so polling only adds turns in
 /// between: with every process pinned to one CPU, round trips through `connect` and the worker
-/// measured 7–8 µs slower with it (docs/design.md, "Busy polling on one CPU").
+/// measured 7–8 µs slower with it (docs/tuning.md).
 pub fn default_window() -> Duration {
     window_for(online_cpus())
 }
@@ -122,7 +122,7 @@ pub(crate) fn moved(n: usize) {
 /// it, and a thread polling then only competes for the cores with the processes that close it
 /// and open the next one. With `connect` polling after every transfer, a new connection's first
 /// echoed byte came 25-50 µs later; letting a request's first transfer open the window (its
-/// answer is on the way) did not win that back (docs/design.md, "Busy polling in connect").
+/// answer is on the way) did not win that back (docs/tuning.md).
 /// Interactive traffic goes back and forth many times on one connection, and polls from the
 /// second transfer each way.
 #[derive(Debug, Default)]
@@ -194,7 +194,7 @@ pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F
                 // only takes CPU from that work. A short one that handed the core over (to the
                 // target or the client, about to answer) keeps the window: closing it there
                 // made the full path's round trip p50 +42-61 us instead of +23-36, since the
-                // answer then has to wake the thread (docs/design.md, "Busy polling").
+                // answer then has to wake the thread (docs/tuning.md).
                 let long = now - turn > LONG_TURN;
                 match window.until.get() {
                     Some(until) if now < until && !long => {}
@@ -219,7 +219,7 @@ pub async fn with_polling<F: std::future::Future>(length: Duration, fut: F) -> F
 /// with `haltpoll.guest_halt_poll_ns=0` (the kernel's default is 200,000). Every wake-up of an
 /// idle vCPU then waits for the host, and this window is all that spares a relay that cost.
 /// With the kernel's default, new connections through Sluice took half the time beyond their
-/// round trip on such a VM (docs/design.md, "Idle vCPUs").
+/// round trip on such a VM (docs/tuning.md).
 pub(crate) fn idle_cpus_halt_at_once() -> bool {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     halt_at_once(

@@ -19,7 +19,7 @@
 //!
 //! Reads of up to 16 KiB (interactive traffic) skip the pipe: they are copied through a
 //! per-thread buffer with `recv` and `send`, which costs less than two splices for a few bytes
-//! ([`copy_small`]; docs/design.md, "Latency a hop adds").
+//! ([`copy_small`]; docs/design.md).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};

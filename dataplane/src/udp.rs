@@ -20,7 +20,7 @@ const MAX_SEND: usize = 65_507;
 /// discovery. quinn's default, 1452, fits Ethernet. Discovery climbs only as far as the path
 /// carries, so an Ethernet path still ends at 1452, a jumbo-frame one near 9,000 and loopback
 /// here. On loopback 16 KiB moved a bulk copy at 1.5-1.7x the rate of 1452 for about half the
-/// CPU per GiB (docs/design.md, "Measured choices").
+/// CPU per GiB (docs/design.md).
 pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
 
 /// quinn's congestion window before the first acknowledgement, in bytes (quinn's default is
@@ -28,8 +28,8 @@ pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
 /// [`MAX_UDP_PAYLOAD`] (8.8 and 12.6 KB on loopback), which count against the window. With
 /// 14,720 bytes `connect` took over 20 ms to "Proxy listening" in 22 to 29 of each 40 starts
 /// (p50 33-36 ms), against at most 13.4 ms with 64 KiB; most likely the session's first bytes
-/// (the token, the worker's answer) waited behind the probes (docs/design.md, "Measured
-/// choices"). This leaves room for a probe, a full datagram and the packet being built.
+/// (the token, the worker's answer) waited behind the probes. This leaves room for a probe, a
+/// full datagram and the packet being built.
 /// quinn's pacer bursts window × 2 ms / RTT (at least 10 datagrams; read in its source), so on
 /// a path with a round trip of 9 ms or more a new connection sends 10 datagrams at a time, not
 /// the window at once.

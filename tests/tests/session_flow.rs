@@ -308,7 +308,7 @@ fn authorize(dev: &Dev) -> (String, String) {
 /// handshake while the worker's first MTU probes are in flight. quinn 0.11 holds a close back
 /// while its congestion window is used up; without the worker's way of closing
 /// (dataplane/src/congestion.rs), forged tokens got "reset by peer" instead of the reason
-/// (docs/design.md, "Measured choices").
+/// (docs/design.md).
 #[test]
 fn a_refusal_reaches_the_client_with_its_reason_every_time() {
     let dev = Dev::start(&[]);

@@ -5,14 +5,14 @@
 use jiff::Timestamp;
 use tracing::info;
 
-use crate::api::ApiError;
 use crate::controller::{dev_ids, enc, Controller, Principal};
+use crate::error::Error;
 use crate::ids::new_id;
 use crate::model::Account;
 use crate::resources::{cancel_where, check_version, require_admin, revoke_tokens_where};
 use crate::store::{Table, Write};
 
-fn check_login_name(login_name: &str) -> Result<(), ApiError> {
+fn check_login_name(login_name: &str) -> Result<(), Error> {
     let valid = (3..=64).contains(&login_name.len())
         && login_name
             .chars()
@@ -20,36 +20,36 @@ fn check_login_name(login_name: &str) -> Result<(), ApiError> {
     if valid {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(Error::invalid(
             "a login name is 3–64 characters of lowercase letters, digits and - _ . @",
         ))
     }
 }
 
-fn check_password(password: &str) -> Result<(), ApiError> {
+fn check_password(password: &str) -> Result<(), Error> {
     if (8..=1024).contains(&password.len()) {
         Ok(())
     } else {
-        Err(ApiError::bad_request("a password is 8–1024 characters"))
+        Err(Error::invalid("a password is 8–1024 characters"))
     }
 }
 
-fn check_auth_method(auth_method_id: &str) -> Result<(), ApiError> {
+fn check_auth_method(auth_method_id: &str) -> Result<(), Error> {
     if auth_method_id == dev_ids::AUTH_METHOD {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!(
+        Err(Error::not_found(format!(
             "auth method {auth_method_id} not found"
         )))
     }
 }
 
 /// Hashes a password off the async threads (Argon2id is deliberately slow).
-async fn hash(password: &str) -> Result<String, ApiError> {
+async fn hash(password: &str) -> Result<String, Error> {
     let pw = password.to_owned();
     tokio::task::spawn_blocking(move || crate::controller::hash_password(&pw))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(|e| Error::internal(e.to_string()))
 }
 
 impl Controller {
@@ -61,14 +61,14 @@ impl Controller {
         login_name: &str,
         password: &str,
         user_id: Option<&str>,
-    ) -> Result<Account, ApiError> {
+    ) -> Result<Account, Error> {
         require_admin(p, "create accounts")?;
         check_auth_method(auth_method_id)?;
         check_login_name(login_name)?;
         check_password(password)?;
         let taken = |a: &Account| a.auth_method_id == auth_method_id && a.login_name == login_name;
         let conflict = || {
-            ApiError::conflict(format!(
+            Error::conflict(format!(
                 "an account with login name {login_name:?} already exists"
             ))
         };
@@ -79,7 +79,7 @@ impl Controller {
             }
             if let Some(u) = user_id {
                 if !st.users.contains_key(u) {
-                    return Err(ApiError::not_found(format!("user {u} not found")));
+                    return Err(Error::not_found(format!("user {u} not found")));
                 }
             }
         }
@@ -102,7 +102,7 @@ impl Controller {
                 return Err(conflict());
             }
             if !a.user_id.is_empty() && !st.users.contains_key(&a.user_id) {
-                return Err(ApiError::not_found(format!("user {} not found", a.user_id)));
+                return Err(Error::not_found(format!("user {} not found", a.user_id)));
             }
             st.accounts.insert(a.id.clone(), a.clone());
             self.persist(vec![Write::Put(Table::Resources, a.id.clone(), enc(&a))])
@@ -117,7 +117,7 @@ impl Controller {
         &self,
         p: &Principal,
         auth_method_id: &str,
-    ) -> Result<Vec<Account>, ApiError> {
+    ) -> Result<Vec<Account>, Error> {
         require_admin(p, "list accounts")?;
         check_auth_method(auth_method_id)?;
         Ok(self
@@ -130,15 +130,15 @@ impl Controller {
     }
 
     /// One account: an administrator may read any, a user only its own.
-    pub fn read_account(&self, p: &Principal, id: &str) -> Result<Account, ApiError> {
+    pub fn read_account(&self, p: &Principal, id: &str) -> Result<Account, Error> {
         let a = self
             .state()
             .accounts
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("account {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("account {id} not found")))?;
         if !p.user.admin && a.user_id != p.user.id {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "account {id} is not yours; only an administrator may read another user's account"
             )));
         }
@@ -147,20 +147,20 @@ impl Controller {
 
     /// Deletes an account (admin only): its auth tokens are revoked and the sessions made with
     /// them canceled.
-    pub async fn delete_account(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_account(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete accounts")?;
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             if !st.accounts.contains_key(id) {
-                return Err(ApiError::not_found(format!("account {id} not found")));
+                return Err(Error::not_found(format!("account {id} not found")));
             }
             if st
                 .auth_tokens
                 .get(&p.auth_token_id)
                 .is_some_and(|t| t.account_id == id)
             {
-                return Err(ApiError::bad_request(
+                return Err(Error::invalid(
                     "you cannot delete the account you are logged in with; log in with another administrator's account",
                 ));
             }
@@ -185,7 +185,7 @@ impl Controller {
         id: &str,
         version: Option<u32>,
         password: &str,
-    ) -> Result<Account, ApiError> {
+    ) -> Result<Account, Error> {
         require_admin(p, "set passwords")?;
         check_password(password)?;
         let current = self.read_account(p, id)?;
@@ -204,10 +204,10 @@ impl Controller {
         version: Option<u32>,
         current_password: &str,
         new_password: &str,
-    ) -> Result<Account, ApiError> {
+    ) -> Result<Account, Error> {
         let current = self.read_account(p, id)?;
         if current.user_id != p.user.id {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "account {id} is not yours; an administrator sets other users' passwords with `sluice accounts set-password`"
             )));
         }
@@ -219,7 +219,7 @@ impl Controller {
             .verify_password(current.password_hash.clone(), current_password)
             .await?
         {
-            return Err(ApiError::unauthenticated(
+            return Err(Error::unauthenticated(
                 "the current password is wrong; the password was not changed",
             ));
         }
@@ -236,13 +236,13 @@ impl Controller {
         id: &str,
         version: u32,
         password_hash: String,
-    ) -> Result<Account, ApiError> {
+    ) -> Result<Account, Error> {
         let (a, done) = {
             let mut st = self.state();
             let a = st
                 .accounts
                 .get_mut(id)
-                .ok_or_else(|| ApiError::not_found(format!("account {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("account {id} not found")))?;
             // Another change may have landed while the password hashed.
             check_version(id, a.version, Some(version))?;
             a.password_hash = password_hash;

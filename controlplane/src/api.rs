@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 
 use crate::fleet::WorkerView;
 use crate::model::{Host, HostCatalog, HostSet};
-use crate::resources::{ListChange, TargetCreate};
+use crate::resources::{ListChange, TargetCreate, TargetUpdate};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,6 +56,36 @@ impl ApiError {
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", m)
+    }
+}
+
+impl From<crate::error::Error> for ApiError {
+    /// The one place a domain refusal becomes an HTTP status and Boundary's error kind.
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::Error as E;
+        let (status, kind) = match &e {
+            E::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+            E::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "PermissionDenied"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            E::Conflict(_) | E::StaleVersion(_) => (StatusCode::CONFLICT, "FailedPrecondition"),
+            E::Exhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "ResourceExhausted"),
+            E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            E::Store(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        };
+        let message = match e {
+            E::Invalid(m)
+            | E::Unauthenticated(m)
+            | E::Forbidden(m)
+            | E::NotFound(m)
+            | E::Conflict(m)
+            | E::StaleVersion(m)
+            | E::Exhausted(m)
+            | E::Unavailable(m)
+            | E::Store(m)
+            | E::Internal(m) => m,
+        };
+        Self::new(status, kind, message)
     }
 }
 
@@ -187,8 +217,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The caller, from the request's bearer token: a handler that takes a `Principal` runs only
+/// for an authenticated caller, and the refusal (401) is the same for every route.
+impl axum::extract::FromRequestParts<Ctl> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        c: &Ctl,
+    ) -> Result<Self, ApiError> {
+        principal(c, &parts.headers)
+    }
+}
+
 fn principal(c: &Controller, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    c.principal(bearer(headers))
+    Ok(c.principal(bearer(headers))?)
 }
 
 fn split_action(s: &str) -> (&str, Option<&str>) {
@@ -307,10 +350,9 @@ struct ScopeBody {
 
 async fn create_scope(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: ScopeBody = parse_body(&body)?;
     let parent = b
         .scope_id
@@ -328,10 +370,9 @@ async fn create_scope(
 
 async fn list_scopes(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<ScopeListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let parent = q.scope_id.unwrap_or_else(|| "global".into());
     let items: Vec<Value> = c
         .list_scopes(&p, &parent, q.recursive)?
@@ -343,20 +384,18 @@ async fn list_scopes(
 
 async fn read_scope(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(scope_item_json(&c, &c.read_scope(&p, &id)?)))
 }
 
 async fn update_scope(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: ScopeBody = parse_body(&body)?;
     if b.scope_id.is_some() {
         return Err(ApiError::bad_request(
@@ -371,10 +410,9 @@ async fn update_scope(
 
 async fn delete_scope(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_scope(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -409,43 +447,12 @@ fn target_json(c: &Controller, t: &Target) -> Value {
     v
 }
 
-/// The fields of a target update (`PATCH /v1/targets/{id}`); absent fields keep their value,
-/// and an empty string clears the worker filter.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct TargetUpdate {
-    #[serde(default)]
-    pub version: Option<u32>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub session_max_seconds: Option<u32>,
-    #[serde(default)]
-    pub session_connection_limit: Option<i32>,
-    #[serde(default)]
-    pub egress_worker_filter: Option<String>,
-    #[serde(default)]
-    pub attributes: Option<TargetAttributes>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct TargetAttributes {
-    #[serde(default)]
-    pub default_port: Option<u16>,
-    #[serde(default)]
-    pub default_client_port: Option<u16>,
-}
-
 async fn update_target(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let u: TargetUpdate = parse_body(&body)?;
     let t = c.update_target(&p, &id, u).await?;
     Ok(Json(
@@ -491,10 +498,9 @@ struct CreateWorkerBody {
 
 async fn create_worker(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let p = principal(&c, &headers)?;
     let b: CreateWorkerBody = parse_body(&body)?;
     if b.scope_id.as_deref().is_some_and(|s| s != "global") {
         return Err(ApiError::bad_request("workers live in the global scope"));
@@ -543,30 +549,27 @@ async fn list_workers(State(c): State<Ctl>, headers: HeaderMap) -> Result<Json<V
 
 async fn read_worker(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let v = c.read_worker(&p, &id)?;
     Ok(Json(json!({"status_code": 200, "item": worker_json(&v)})))
 }
 
 async fn delete_worker(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_worker(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_targets(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<ScopeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let scope_id = q
         .scope_id
         .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
@@ -580,10 +583,9 @@ async fn list_targets(
 
 async fn read_target(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let t = c.read_target(&p, &id)?;
     Ok(Json(
         json!({"status_code": 200, "item": target_json(&c, &t)}),
@@ -709,10 +711,9 @@ pub fn session_json(c: &Controller, s: &Session) -> Value {
 
 async fn list_sessions(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<ScopeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let scope_id = q
         .scope_id
         .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
@@ -726,10 +727,9 @@ async fn list_sessions(
 
 async fn read_session(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let s = c.read_session(&p, &id)?;
     Ok(Json(
         json!({"status_code": 200, "item": session_json(&c, &s)}),
@@ -772,10 +772,9 @@ struct ListBody {
 
 async fn create_target(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: TargetCreate = parse_body(&body)?;
     let t = c.create_target(&p, b).await?;
     Ok(Json(
@@ -785,10 +784,9 @@ async fn create_target(
 
 async fn delete_target(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_target(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -861,10 +859,9 @@ fn item(v: Value) -> Json<Value> {
 
 async fn create_host_catalog(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
     static_only(&b.kind)?;
     let h = c
@@ -875,10 +872,9 @@ async fn create_host_catalog(
 
 async fn list_host_catalogs(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let scope = q
         .scope_id
         .ok_or_else(|| ApiError::bad_request("scope_id is required"))?;
@@ -892,29 +888,26 @@ async fn list_host_catalogs(
 
 async fn read_host_catalog(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(catalog_json(&c.read_host_catalog(&p, &id)?)))
 }
 
 async fn delete_host_catalog(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_host_catalog(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_host(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
     static_only(&b.kind)?;
     let h = c
@@ -931,10 +924,9 @@ async fn create_host(
 
 async fn list_hosts(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let cat = q
         .host_catalog_id
         .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
@@ -944,29 +936,26 @@ async fn list_hosts(
 
 async fn read_host(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(host_json(&c.read_host(&p, &id)?)))
 }
 
 async fn delete_host(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_host(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_host_set(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: CreateBody = parse_body(&body)?;
     static_only(&b.kind)?;
     let h = c
@@ -977,10 +966,9 @@ async fn create_host_set(
 
 async fn list_host_sets(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let cat = q
         .host_catalog_id
         .ok_or_else(|| ApiError::bad_request("host_catalog_id is required"))?;
@@ -994,10 +982,9 @@ async fn list_host_sets(
 
 async fn read_host_set(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(host_set_json(&c.read_host_set(&p, &id)?)))
 }
 
@@ -1024,10 +1011,9 @@ async fn host_set_action(
 
 async fn delete_host_set(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_host_set(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1042,30 +1028,24 @@ fn auth_token_json(t: &crate::model::AuthToken) -> Value {
            "authorized_actions": ["read:self", "delete:self"]})
 }
 
-async fn list_auth_tokens(
-    State(c): State<Ctl>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
+async fn list_auth_tokens(State(c): State<Ctl>, p: Principal) -> Result<Json<Value>, ApiError> {
     let items: Vec<Value> = c.list_auth_tokens(&p).iter().map(auth_token_json).collect();
     Ok(Json(json!({ "items": items })))
 }
 
 async fn read_auth_token(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(auth_token_json(&c.read_auth_token(&p, &id)?)))
 }
 
 async fn delete_auth_token(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_auth_token(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1108,10 +1088,9 @@ fn role(r: Option<&str>) -> Result<Option<bool>, ApiError> {
 
 async fn create_user(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: UserBody = parse_body(&body)?;
     if b.scope_id.as_deref().is_some_and(|s| s != "global") {
         return Err(ApiError::bad_request("users live in the global scope"));
@@ -1137,20 +1116,18 @@ async fn list_users(State(c): State<Ctl>, headers: HeaderMap) -> Result<Json<Val
 
 async fn read_user(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(user_json(&c, &c.read_user(&p, &id)?)))
 }
 
 async fn update_user(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: UserBody = parse_body(&body)?;
     let admin = role(b.role.as_deref())?;
     let u = c
@@ -1171,10 +1148,9 @@ async fn update_user(
 
 async fn delete_user(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_user(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1248,19 +1224,17 @@ struct PasswordBody {
 
 async fn read_account(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     Ok(item(account_json(&c.read_account(&p, &id)?)))
 }
 
 async fn delete_account(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let p = principal(&c, &headers)?;
     c.delete_account(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1295,10 +1269,9 @@ async fn account_action(
 
 async fn create_account(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let b: AccountBody = parse_body(&body)?;
     if b.kind.as_deref().is_some_and(|k| k != "password") {
         return Err(ApiError::bad_request("only password accounts exist"));
@@ -1317,10 +1290,9 @@ async fn create_account(
 
 async fn list_accounts(
     State(c): State<Ctl>,
-    headers: HeaderMap,
+    p: Principal,
     Query(q): Query<AccountQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&c, &headers)?;
     let am = q
         .auth_method_id
         .ok_or_else(|| ApiError::bad_request("auth_method_id is required"))?;

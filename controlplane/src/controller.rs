@@ -16,7 +16,7 @@ use sluice_proto::{AuthzToken, TerminationReason, TokenSigner};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::api::ApiError;
+use crate::error::Error;
 use crate::ids::{new_id, new_secret};
 use crate::model::*;
 use crate::sessions;
@@ -426,17 +426,15 @@ impl Controller {
     pub(crate) fn persist(
         &self,
         writes: Vec<Write>,
-    ) -> impl std::future::Future<Output = Result<(), ApiError>> {
+    ) -> impl std::future::Future<Output = Result<(), Error>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store
             .commit(writes, Box::new(move |r| drop(tx.send(r))));
         async move {
             match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ApiError::internal(format!(
-                    "could not store the change: {e}"
-                ))),
-                Err(_) => Err(ApiError::internal("the store shut down")),
+                Ok(Err(e)) => Err(Error::store(format!("could not store the change: {e}"))),
+                Err(_) => Err(Error::store("the store shut down")),
             }
         }
     }
@@ -447,7 +445,7 @@ impl Controller {
         &self,
         hash: String,
         password: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         let password = password.to_owned();
         let slot = self.logins.hash_slot().await?;
         let ok = tokio::task::spawn_blocking(move || {
@@ -471,9 +469,9 @@ impl Controller {
         auth_method_id: &str,
         login_name: &str,
         password: &str,
-    ) -> Result<Authenticated, ApiError> {
+    ) -> Result<Authenticated, Error> {
         if auth_method_id != dev_ids::AUTH_METHOD {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "auth method {auth_method_id} not found"
             )));
         }
@@ -485,7 +483,7 @@ impl Controller {
             .find(|a| a.auth_method_id == auth_method_id && a.login_name == login_name)
             .cloned();
         let failed = || {
-            ApiError::unauthenticated(format!(
+            Error::unauthenticated(format!(
                 "authentication failed: wrong login name or password for auth method {auth_method_id}"
             ))
         };
@@ -504,7 +502,7 @@ impl Controller {
         };
         self.logins.succeeded(auth_method_id, login_name);
         if !self.state().users.contains_key(&account.user_id) {
-            return Err(ApiError::unauthenticated(format!(
+            return Err(Error::unauthenticated(format!(
                 "account {} belongs to no user; an administrator must add it to one with `sluice users add-accounts`",
                 account.id
             )));
@@ -539,14 +537,14 @@ impl Controller {
     }
 
     /// Resolves a bearer token to its user.
-    pub fn principal(&self, bearer: Option<&str>) -> Result<Principal, ApiError> {
+    pub fn principal(&self, bearer: Option<&str>) -> Result<Principal, Error> {
         let bearer = bearer.ok_or_else(|| {
-            ApiError::unauthenticated(
+            Error::unauthenticated(
                 "no auth token: run `sluice authenticate password` first, or set SLUICE_TOKEN",
             )
         })?;
         let invalid = || {
-            ApiError::unauthenticated(
+            Error::unauthenticated(
                 "the auth token is invalid or has expired: run `sluice authenticate password` again",
             )
         };
@@ -573,10 +571,10 @@ impl Controller {
     }
 
     /// Targets of a project.
-    pub fn list_targets(&self, p: &Principal, scope_id: &str) -> Result<Vec<Target>, ApiError> {
+    pub fn list_targets(&self, p: &Principal, scope_id: &str) -> Result<Vec<Target>, Error> {
         let st = self.state();
         if !st.scopes.contains_key(scope_id) {
-            return Err(ApiError::not_found(format!("scope {scope_id} not found")));
+            return Err(Error::not_found(format!("scope {scope_id} not found")));
         }
         if !p.user.may_use_project(scope_id) {
             return Ok(vec![]);
@@ -590,13 +588,13 @@ impl Controller {
     }
 
     /// One target.
-    pub fn read_target(&self, p: &Principal, id: &str) -> Result<Target, ApiError> {
+    pub fn read_target(&self, p: &Principal, id: &str) -> Result<Target, Error> {
         let t = self
             .state()
             .targets
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("target {id} not found")))?;
         project_allowed(p, &t)?;
         Ok(t)
     }
@@ -606,15 +604,14 @@ impl Controller {
         &self,
         p: &Principal,
         id: &str,
-        u: crate::api::TargetUpdate,
-    ) -> Result<Target, ApiError> {
+        u: crate::resources::TargetUpdate,
+    ) -> Result<Target, Error> {
         crate::resources::require_admin(p, "change targets")?;
         let filter = match u.egress_worker_filter.as_deref() {
             Some("") => Some(None),
             Some(f) => {
-                crate::filter::Filter::parse(f).map_err(|e| {
-                    ApiError::bad_request(format!("egress_worker_filter is invalid: {e}"))
-                })?;
+                crate::filter::Filter::parse(f)
+                    .map_err(|e| Error::invalid(format!("egress_worker_filter is invalid: {e}")))?;
                 Some(Some(f.to_owned()))
             }
             None => None,
@@ -624,7 +621,7 @@ impl Controller {
             let t = st
                 .targets
                 .get_mut(id)
-                .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("target {id} not found")))?;
             crate::resources::check_version(id, t.version, u.version)?;
             let mut n = t.clone();
             if let Some(v) = u.name {
@@ -635,15 +632,13 @@ impl Controller {
             }
             if let Some(v) = u.session_max_seconds {
                 if v == 0 {
-                    return Err(ApiError::bad_request(
-                        "session_max_seconds must be at least 1",
-                    ));
+                    return Err(Error::invalid("session_max_seconds must be at least 1"));
                 }
                 n.session_max_seconds = v;
             }
             if let Some(v) = u.session_connection_limit {
                 if v < -1 || v == 0 {
-                    return Err(ApiError::bad_request(
+                    return Err(Error::invalid(
                         "session_connection_limit must be -1 (unlimited) or at least 1",
                     ));
                 }
@@ -655,7 +650,7 @@ impl Controller {
             if let Some(a) = u.attributes {
                 if let Some(port) = a.default_port {
                     if port == 0 {
-                        return Err(ApiError::bad_request("default_port must be 1–65535"));
+                        return Err(Error::invalid("default_port must be 1–65535"));
                     }
                     n.default_port = port;
                 }
@@ -685,7 +680,7 @@ impl Controller {
         p: &Principal,
         target_id: &str,
         host_id: Option<&str>,
-    ) -> Result<Authorized, ApiError> {
+    ) -> Result<Authorized, Error> {
         let now = Timestamp::now();
         let (session, scope, token, worker_addr, done) = {
             let mut st = self.state();
@@ -693,18 +688,18 @@ impl Controller {
                 .targets
                 .get(target_id)
                 .cloned()
-                .ok_or_else(|| ApiError::not_found(format!("target {target_id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("target {target_id} not found")))?;
             project_allowed(p, &target)?;
             let worker = self.pick_worker(&target)?;
             if target.default_port == 0 {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "target {target_id} has no default port; set one with `sluice targets update tcp -id {target_id} -default-port N`"
                 )));
             }
             let (host_id, host_set_id, address) = match &target.address {
                 Some(addr) => {
                     if let Some(h) = host_id {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(Error::invalid(format!(
                             "target {target_id} has a direct address; -host-id {h} cannot be used with it"
                         )));
                     }
@@ -727,12 +722,12 @@ impl Controller {
                     }
                     let chosen = match host_id {
                         Some(h) => candidates.into_iter().find(|(id, _, _)| id == h).ok_or_else(|| {
-                            ApiError::bad_request(format!(
+                            Error::invalid(format!(
                                 "host {h} is not in any host set of target {target_id}"
                             ))
                         })?,
                         None => candidates.choose(&mut rand::thread_rng()).cloned().ok_or_else(|| {
-                            ApiError::conflict(format!(
+                            Error::conflict(format!(
                                 "target {target_id} has no hosts to connect to; add a host set with hosts"
                             ))
                         })?,
@@ -744,7 +739,7 @@ impl Controller {
                 .scopes
                 .get(&target.scope_id)
                 .cloned()
-                .ok_or_else(|| ApiError::internal("target's scope is missing"))?;
+                .ok_or_else(|| Error::internal("target's scope is missing"))?;
             let endpoint_hostport = if address.contains(':') && !address.starts_with('[') {
                 format!("[{address}]:{}", target.default_port)
             } else {
@@ -788,7 +783,7 @@ impl Controller {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .sign(&claims)
-                .map_err(|e| ApiError::bad_request(format!("cannot issue a token: {e}")))?;
+                .map_err(|e| Error::invalid(format!("cannot issue a token: {e}")))?;
             st.sessions.insert(session.id.clone(), session.clone());
             let done = self.persist(vec![Write::Put(
                 Table::Sessions,
@@ -817,10 +812,10 @@ impl Controller {
         p: &Principal,
         scope_id: &str,
         include_terminated: bool,
-    ) -> Result<Vec<Session>, ApiError> {
+    ) -> Result<Vec<Session>, Error> {
         let st = self.state();
         if !st.scopes.contains_key(scope_id) {
-            return Err(ApiError::not_found(format!("scope {scope_id} not found")));
+            return Err(Error::not_found(format!("scope {scope_id} not found")));
         }
         let mut out: Vec<Session> = st
             .sessions
@@ -834,14 +829,14 @@ impl Controller {
     }
 
     /// One session.
-    pub fn read_session(&self, p: &Principal, id: &str) -> Result<Session, ApiError> {
+    pub fn read_session(&self, p: &Principal, id: &str) -> Result<Session, Error> {
         let st = self.state();
         match st.sessions.get(id) {
             Some(s) if Self::visible(p, s) => Ok(s.clone()),
-            Some(_) => Err(ApiError::forbidden(format!(
+            Some(_) => Err(Error::forbidden(format!(
                 "session {id} belongs to another user; you may only read your own sessions"
             ))),
-            None => Err(ApiError::not_found(format!("session {id} not found"))),
+            None => Err(Error::not_found(format!("session {id} not found"))),
         }
     }
 
@@ -852,22 +847,22 @@ impl Controller {
         p: &Principal,
         id: &str,
         version: Option<u32>,
-    ) -> Result<Session, ApiError> {
+    ) -> Result<Session, Error> {
         let now = Timestamp::now();
         let (session, done) = {
             let mut st = self.state();
             let s = match st.sessions.get_mut(id) {
                 Some(s) if Self::visible(p, s) => s,
                 Some(_) => {
-                    return Err(ApiError::forbidden(format!(
+                    return Err(Error::forbidden(format!(
                     "session {id} belongs to another user; you may only cancel your own sessions"
                 )))
                 }
-                None => return Err(ApiError::not_found(format!("session {id} not found"))),
+                None => return Err(Error::not_found(format!("session {id} not found"))),
             };
             if let Some(v) = version {
                 if v != s.version {
-                    return Err(ApiError::conflict(format!(
+                    return Err(Error::stale_version(format!(
                         "session {id} is at version {}, not {v}; read it again and retry",
                         s.version
                     )));
@@ -880,7 +875,7 @@ impl Controller {
                 return Ok(s.clone());
             }
             sessions::transition(s, SessionStatus::Canceling, None, now)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| Error::internal(e.to_string()))?;
             let s = s.clone();
             let done = self.persist(vec![Write::Put(Table::Sessions, s.id.clone(), enc(&s))]);
             (s, done)
@@ -904,13 +899,13 @@ impl Controller {
     }
 
     /// Applies a worker's event. Idempotent.
-    pub async fn apply_event(&self, event: WorkerEvent) -> Result<(), ApiError> {
+    pub async fn apply_event(&self, event: WorkerEvent) -> Result<(), Error> {
         self.apply_events(vec![event]).await
     }
 
     /// Applies a batch of a worker's events in order and stores what they changed in one
     /// durable commit, so a batch costs one fsync, not one per event. Idempotent.
-    pub async fn apply_events(&self, events: Vec<WorkerEvent>) -> Result<(), ApiError> {
+    pub async fn apply_events(&self, events: Vec<WorkerEvent>) -> Result<(), Error> {
         let done = {
             let mut st = self.state();
             let writes: Vec<Write> = events
@@ -927,7 +922,7 @@ impl Controller {
 
     /// Terminates sessions whose end the worker cannot report: pending past expiry (never
     /// used), and canceling or active ones the worker has not confirmed well past their time.
-    pub async fn sweep(&self) -> Result<usize, ApiError> {
+    pub async fn sweep(&self) -> Result<usize, Error> {
         let now = Timestamp::now();
         let grace = SignedDuration::from_secs(10);
         let done = {
@@ -1110,21 +1105,16 @@ fn event_write(st: &mut State, event: WorkerEvent) -> Option<Write> {
 }
 
 /// Refuses a user the targets of projects it was not given.
-fn project_allowed(p: &Principal, t: &Target) -> Result<(), ApiError> {
+fn project_allowed(p: &Principal, t: &Target) -> Result<(), Error> {
     confine(p, "target", &t.id, &t.scope_id)
 }
 
 /// Refuses a user anything in a project it was not given: `what` `id` lives in `project_id`.
-pub(crate) fn confine(
-    p: &Principal,
-    what: &str,
-    id: &str,
-    project_id: &str,
-) -> Result<(), ApiError> {
+pub(crate) fn confine(p: &Principal, what: &str, id: &str, project_id: &str) -> Result<(), Error> {
     if p.user.may_use_project(project_id) {
         return Ok(());
     }
-    Err(ApiError::forbidden(format!(
+    Err(Error::forbidden(format!(
         "{what} {id} is in project {project_id}, which user {} has not been given; an administrator can add it with `sluice users update -id {} -project-id {project_id}`",
         p.user.id, p.user.id
     )))
@@ -1486,7 +1476,7 @@ mod tests {
         c.sweep().await.unwrap();
 
         let err = c.read_session(&p, &old).unwrap_err();
-        assert!(err.message.contains("not found"), "{}", err.message);
+        assert!(err.message().contains("not found"), "{}", err.message());
         let listed: Vec<String> = c
             .list_sessions(&p, dev_ids::PROJECT, true)
             .unwrap()
@@ -1550,9 +1540,9 @@ mod tests {
         c.sweep().await.unwrap();
         let err = c.principal(Some(&old.bearer)).unwrap_err();
         assert!(
-            err.message.contains("invalid or has expired"),
+            err.message().contains("invalid or has expired"),
             "{}",
-            err.message
+            err.message()
         );
         let p = c.principal(Some(&kept.bearer)).unwrap();
         let ids: Vec<String> = c.list_auth_tokens(&p).into_iter().map(|t| t.id).collect();

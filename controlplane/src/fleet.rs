@@ -11,10 +11,10 @@ use sluice_proto::TerminationReason;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::api::ApiError;
 use crate::controller::{
     enc, hex, sha256_hex, Controller, LinkState, Principal, WorkerInfo, WorkerLink,
 };
+use crate::error::Error;
 use crate::filter::Filter;
 use crate::ids::new_id;
 use crate::model::{SessionStatus, Target, Worker};
@@ -107,7 +107,7 @@ impl Controller {
 
     /// Replaces the token-signing key (admin only). Tokens signed with the old key stay valid
     /// until the last of them expires; every worker gets the new key set at once.
-    pub async fn rotate_keys(&self, p: &Principal) -> Result<(), ApiError> {
+    pub async fn rotate_keys(&self, p: &Principal) -> Result<(), Error> {
         require_admin(p, "rotate keys")?;
         let now = Timestamp::now();
         let seed: [u8; 32] = rand::random();
@@ -157,11 +157,11 @@ impl Controller {
     }
 
     /// Picks a live worker allowed by the target's filter, at random.
-    pub(crate) fn pick_worker(&self, target: &Target) -> Result<WorkerInfo, ApiError> {
+    pub(crate) fn pick_worker(&self, target: &Target) -> Result<WorkerInfo, Error> {
         use rand::seq::SliceRandom;
         let filter = match &target.egress_worker_filter {
             Some(f) => Some(Filter::parse(f).map_err(|e| {
-                ApiError::internal(format!(
+                Error::internal(format!(
                     "target {}'s worker filter is invalid ({e}); fix it with `sluice targets update tcp`",
                     target.id
                 ))
@@ -180,12 +180,12 @@ impl Controller {
             .collect();
         match candidates.choose(&mut rand::thread_rng()) {
             Some(l) => Ok(l.info.clone()),
-            None if links.values().any(|l| l.connected) => Err(ApiError::conflict(format!(
+            None if links.values().any(|l| l.connected) => Err(Error::conflict(format!(
                 "no connected worker matches target {}'s worker filter {:?}; start a worker with matching tags or change the filter",
                 target.id,
                 target.egress_worker_filter.as_deref().unwrap_or_default()
             ))),
-            None => Err(ApiError::conflict(
+            None => Err(Error::conflict(
                 "no worker is connected to handle the session; start a worker (`sluice worker -config worker.toml`)",
             )),
         }
@@ -197,10 +197,10 @@ impl Controller {
         p: &Principal,
         name: &str,
         description: &str,
-    ) -> Result<(Worker, String), ApiError> {
+    ) -> Result<(Worker, String), Error> {
         require_admin(p, "manage workers")?;
         if name.len() > 128 || description.len() > 1024 {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "a worker name is at most 128 characters and a description at most 1024",
             ));
         }
@@ -209,7 +209,7 @@ impl Controller {
         let (worker, done) = {
             let mut st = self.state();
             if !name.is_empty() && st.workers.values().any(|w| w.name == name) {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a worker named {name:?} already exists; pick another name or delete it first"
                 )));
             }
@@ -277,7 +277,7 @@ impl Controller {
     }
 
     /// Every worker (records, and the in-process dev worker).
-    pub fn list_workers(&self, p: &Principal) -> Result<Vec<WorkerView>, ApiError> {
+    pub fn list_workers(&self, p: &Principal) -> Result<Vec<WorkerView>, Error> {
         require_admin(p, "manage workers")?;
         let mut workers: Vec<Worker> = self.state().workers.values().cloned().collect();
         // The dev worker has no record; show it from its link.
@@ -309,22 +309,22 @@ impl Controller {
     }
 
     /// One worker.
-    pub fn read_worker(&self, p: &Principal, id: &str) -> Result<WorkerView, ApiError> {
+    pub fn read_worker(&self, p: &Principal, id: &str) -> Result<WorkerView, Error> {
         self.list_workers(p)?
             .into_iter()
             .find(|v| v.worker.id == id)
-            .ok_or_else(|| ApiError::not_found(format!("worker {id} not found")))
+            .ok_or_else(|| Error::not_found(format!("worker {id} not found")))
     }
 
     /// Deletes a worker: its certificate stops being accepted, its link is closed and its
     /// sessions are canceled.
-    pub async fn delete_worker(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_worker(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "manage workers")?;
         let now = Timestamp::now();
         let done = {
             let mut st = self.state();
             if st.workers.remove(id).is_none() {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "worker {id} not found (the dev worker cannot be deleted)"
                 )));
             }
@@ -387,7 +387,7 @@ impl Controller {
             let done = self.persist(vec![Write::Put(Table::Resources, w.id.clone(), enc(&*w))]);
             (w.id.clone(), cert, done)
         };
-        done.await.map_err(|e| e.message)?;
+        done.await.map_err(|e| e.to_string())?;
         info!(worker_id = %id, "worker activated");
         Ok((id, cert))
     }
@@ -447,7 +447,7 @@ impl Controller {
             }
             (name, cancels, self.persist(writes))
         };
-        done.await.map_err(|e| e.message)?;
+        done.await.map_err(|e| e.to_string())?;
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.links
             .write()

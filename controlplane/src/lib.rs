@@ -7,6 +7,7 @@ pub mod api;
 pub mod api_tls;
 pub mod cluster;
 pub mod controller;
+pub mod error;
 pub mod filter;
 pub mod fleet;
 #[cfg(any(fuzzing, test))]

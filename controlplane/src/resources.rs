@@ -3,16 +3,47 @@
 //! depends on cancels that session, as Boundary does.
 
 use jiff::Timestamp;
+use serde::Deserialize;
 use tracing::info;
 
-use crate::api::ApiError;
 use crate::controller::{confine, enc, Controller, Principal, State};
+use crate::error::Error;
 use crate::ids::new_id;
 use crate::model::{AuthToken, Host, HostCatalog, HostSet, Session, SessionStatus, Target, User};
 use crate::sessions;
 use crate::store::{Table, Write};
 
 /// A new tcp target.
+/// The fields of a target update (`PATCH /v1/targets/{id}`); absent fields keep their value,
+/// and an empty string clears the worker filter.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TargetUpdate {
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub session_max_seconds: Option<u32>,
+    #[serde(default)]
+    pub session_connection_limit: Option<i32>,
+    #[serde(default)]
+    pub egress_worker_filter: Option<String>,
+    #[serde(default)]
+    pub attributes: Option<TargetAttributes>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAttributes {
+    #[serde(default)]
+    pub default_port: Option<u16>,
+    #[serde(default)]
+    pub default_client_port: Option<u16>,
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetCreate {
@@ -31,7 +62,7 @@ pub struct TargetCreate {
     #[serde(default)]
     pub egress_worker_filter: Option<String>,
     #[serde(default)]
-    pub attributes: crate::api::TargetAttributes,
+    pub attributes: TargetAttributes,
 }
 
 /// How a list of ids changes.
@@ -42,22 +73,22 @@ pub enum ListChange {
     Set,
 }
 
-pub(crate) fn require_admin(p: &Principal, what: &str) -> Result<(), ApiError> {
+pub(crate) fn require_admin(p: &Principal, what: &str) -> Result<(), Error> {
     if p.user.admin {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!(
+        Err(Error::forbidden(format!(
             "only an administrator may {what}"
         )))
     }
 }
 
-pub(crate) fn check_version(id: &str, current: u32, given: Option<u32>) -> Result<(), ApiError> {
+pub(crate) fn check_version(id: &str, current: u32, given: Option<u32>) -> Result<(), Error> {
     match given {
-        None => Err(ApiError::bad_request(format!(
+        None => Err(Error::invalid(format!(
             "version is required; read {id} and pass its version (now {current})"
         ))),
-        Some(v) if v != current => Err(ApiError::conflict(format!(
+        Some(v) if v != current => Err(Error::stale_version(format!(
             "{id} is at version {current}, not {v}; read it again and retry"
         ))),
         Some(_) => Ok(()),
@@ -65,25 +96,25 @@ pub(crate) fn check_version(id: &str, current: u32, given: Option<u32>) -> Resul
 }
 
 /// A host address: a name or IP, never with a port (the target supplies the port).
-fn check_address(a: &str) -> Result<(), ApiError> {
+fn check_address(a: &str) -> Result<(), Error> {
     let a = a.trim();
     if a.is_empty() || a.len() > 255 {
-        return Err(ApiError::bad_request("an address must be 1–255 characters"));
+        return Err(Error::invalid("an address must be 1–255 characters"));
     }
     if a.parse::<std::net::Ipv6Addr>().is_ok() {
         return Ok(());
     }
     if a.contains(':') || a.contains('/') || a.chars().any(char::is_whitespace) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "address {a:?} must be a host name or IP address without a port; the target's default port is used"
         )));
     }
     Ok(())
 }
 
-pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     if name.len() > 128 {
-        return Err(ApiError::bad_request("a name is at most 128 characters"));
+        return Err(Error::invalid("a name is at most 128 characters"));
     }
     Ok(())
 }
@@ -144,40 +175,38 @@ impl Controller {
     }
 
     /// Creates a tcp target (admin only).
-    pub async fn create_target(&self, p: &Principal, c: TargetCreate) -> Result<Target, ApiError> {
+    pub async fn create_target(&self, p: &Principal, c: TargetCreate) -> Result<Target, Error> {
         require_admin(p, "create targets")?;
         if c.kind.as_deref().is_some_and(|k| k != "tcp") {
-            return Err(ApiError::bad_request("only tcp targets exist"));
+            return Err(Error::invalid("only tcp targets exist"));
         }
         check_name(&c.name)?;
         if c.name.is_empty() {
-            return Err(ApiError::bad_request("a target needs a name (-name)"));
+            return Err(Error::invalid("a target needs a name (-name)"));
         }
-        let port = c.attributes.default_port.ok_or_else(|| {
-            ApiError::bad_request("a tcp target needs a default port (-default-port)")
-        })?;
+        let port = c
+            .attributes
+            .default_port
+            .ok_or_else(|| Error::invalid("a tcp target needs a default port (-default-port)"))?;
         if port == 0 {
-            return Err(ApiError::bad_request("default_port must be 1–65535"));
+            return Err(Error::invalid("default_port must be 1–65535"));
         }
         if let Some(a) = &c.address {
             check_address(a)?;
         }
         if let Some(f) = &c.egress_worker_filter {
-            crate::filter::Filter::parse(f).map_err(|e| {
-                ApiError::bad_request(format!("egress_worker_filter is invalid: {e}"))
-            })?;
+            crate::filter::Filter::parse(f)
+                .map_err(|e| Error::invalid(format!("egress_worker_filter is invalid: {e}")))?;
         }
         let limit = c.session_connection_limit.unwrap_or(-1);
         if limit < -1 || limit == 0 {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "session_connection_limit must be -1 (unlimited) or at least 1",
             ));
         }
         let max = c.session_max_seconds.unwrap_or(28_800);
         if max == 0 {
-            return Err(ApiError::bad_request(
-                "session_max_seconds must be at least 1",
-            ));
+            return Err(Error::invalid("session_max_seconds must be at least 1"));
         }
         let now = Timestamp::now();
         let (t, done) = {
@@ -185,24 +214,19 @@ impl Controller {
             match st.scopes.get(&c.scope_id) {
                 Some(s) if s.kind == "project" => {}
                 Some(_) => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(Error::invalid(format!(
                         "targets live in a project scope; {} is not one",
                         c.scope_id
                     )))
                 }
-                None => {
-                    return Err(ApiError::not_found(format!(
-                        "scope {} not found",
-                        c.scope_id
-                    )))
-                }
+                None => return Err(Error::not_found(format!("scope {} not found", c.scope_id))),
             }
             if st
                 .targets
                 .values()
                 .any(|t| t.scope_id == c.scope_id && t.name == c.name)
             {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a target named {:?} already exists in {}",
                     c.name, c.scope_id
                 )));
@@ -233,13 +257,13 @@ impl Controller {
     }
 
     /// Deletes a target and cancels its sessions (admin only).
-    pub async fn delete_target(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_target(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete targets")?;
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             if st.targets.remove(id).is_none() {
-                return Err(ApiError::not_found(format!("target {id} not found")));
+                return Err(Error::not_found(format!("target {id} not found")));
             }
             let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.target_id == id);
             writes.push(Write::Delete(Table::Resources, id.to_owned()));
@@ -259,24 +283,24 @@ impl Controller {
         version: Option<u32>,
         change: ListChange,
         ids: Vec<String>,
-    ) -> Result<Target, ApiError> {
+    ) -> Result<Target, Error> {
         require_admin(p, "change targets")?;
         let (t, done) = {
             let mut st = self.state();
             for hs in &ids {
                 if !st.host_sets.contains_key(hs) {
-                    return Err(ApiError::not_found(format!("host set {hs} not found")));
+                    return Err(Error::not_found(format!("host set {hs} not found")));
                 }
             }
             let t = st
                 .targets
                 .get_mut(id)
-                .ok_or_else(|| ApiError::not_found(format!("target {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("target {id} not found")))?;
             check_version(id, t.version, version)?;
             let mut n = t.clone();
             apply_change(&mut n.host_source_ids, change, ids);
             if n.address.is_some() && !n.host_source_ids.is_empty() {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::invalid(format!(
                     "target {id} has a direct address; a target takes an address or host sources, never both"
                 )));
             }
@@ -297,14 +321,14 @@ impl Controller {
         scope_id: &str,
         name: &str,
         description: &str,
-    ) -> Result<HostCatalog, ApiError> {
+    ) -> Result<HostCatalog, Error> {
         require_admin(p, "create host catalogs")?;
         check_name(name)?;
         let now = Timestamp::now();
         let (c, done) = {
             let mut st = self.state();
             if st.scopes.get(scope_id).is_none_or(|s| s.kind != "project") {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "project scope {scope_id} not found"
                 )));
             }
@@ -341,13 +365,13 @@ impl Controller {
     }
 
     /// One host catalog, of a project the caller was given.
-    pub fn read_host_catalog(&self, p: &Principal, id: &str) -> Result<HostCatalog, ApiError> {
+    pub fn read_host_catalog(&self, p: &Principal, id: &str) -> Result<HostCatalog, Error> {
         let c = self
             .state()
             .catalogs
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host catalog {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("host catalog {id} not found")))?;
         confine(p, "host catalog", id, &c.scope_id)?;
         Ok(c)
     }
@@ -367,13 +391,13 @@ impl Controller {
     }
 
     /// Deletes a host catalog with its hosts and host sets; sessions to its hosts are canceled.
-    pub async fn delete_host_catalog(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_host_catalog(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete host catalogs")?;
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             if st.catalogs.remove(id).is_none() {
-                return Err(ApiError::not_found(format!("host catalog {id} not found")));
+                return Err(Error::not_found(format!("host catalog {id} not found")));
             }
             let hosts: Vec<String> = st
                 .hosts
@@ -413,7 +437,7 @@ impl Controller {
         address: &str,
         name: &str,
         description: &str,
-    ) -> Result<Host, ApiError> {
+    ) -> Result<Host, Error> {
         require_admin(p, "create hosts")?;
         check_address(address)?;
         check_name(name)?;
@@ -421,7 +445,7 @@ impl Controller {
         let (h, done) = {
             let mut st = self.state();
             if !st.catalogs.contains_key(catalog_id) {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "host catalog {catalog_id} not found"
                 )));
             }
@@ -459,26 +483,26 @@ impl Controller {
     }
 
     /// One host, of a project the caller was given.
-    pub fn read_host(&self, p: &Principal, id: &str) -> Result<Host, ApiError> {
+    pub fn read_host(&self, p: &Principal, id: &str) -> Result<Host, Error> {
         let h = self
             .state()
             .hosts
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("host {id} not found")))?;
         let project = self.catalog_project(&h.catalog_id).unwrap_or_default();
         confine(p, "host", id, &project)?;
         Ok(h)
     }
 
     /// Deletes a host: it leaves its host sets and its sessions are canceled.
-    pub async fn delete_host(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_host(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete hosts")?;
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             if st.hosts.remove(id).is_none() {
-                return Err(ApiError::not_found(format!("host {id} not found")));
+                return Err(Error::not_found(format!("host {id} not found")));
             }
             let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.host_id == id);
             for set in st.host_sets.values_mut() {
@@ -504,14 +528,14 @@ impl Controller {
         catalog_id: &str,
         name: &str,
         description: &str,
-    ) -> Result<HostSet, ApiError> {
+    ) -> Result<HostSet, Error> {
         require_admin(p, "create host sets")?;
         check_name(name)?;
         let now = Timestamp::now();
         let (h, done) = {
             let mut st = self.state();
             if !st.catalogs.contains_key(catalog_id) {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "host catalog {catalog_id} not found"
                 )));
             }
@@ -549,13 +573,13 @@ impl Controller {
     }
 
     /// One host set, of a project the caller was given.
-    pub fn read_host_set(&self, p: &Principal, id: &str) -> Result<HostSet, ApiError> {
+    pub fn read_host_set(&self, p: &Principal, id: &str) -> Result<HostSet, Error> {
         let h = self
             .state()
             .host_sets
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("host set {id} not found")))?;
         let project = self.catalog_project(&h.catalog_id).unwrap_or_default();
         confine(p, "host set", id, &project)?;
         Ok(h)
@@ -569,7 +593,7 @@ impl Controller {
         version: Option<u32>,
         change: ListChange,
         ids: Vec<String>,
-    ) -> Result<HostSet, ApiError> {
+    ) -> Result<HostSet, Error> {
         require_admin(p, "change host sets")?;
         let (h, done) = {
             let mut st = self.state();
@@ -577,16 +601,16 @@ impl Controller {
                 .host_sets
                 .get(id)
                 .map(|s| s.catalog_id.clone())
-                .ok_or_else(|| ApiError::not_found(format!("host set {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("host set {id} not found")))?;
             for h in &ids {
                 match st.hosts.get(h) {
                     Some(host) if host.catalog_id == catalog => {}
                     Some(_) => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(Error::invalid(format!(
                             "host {h} is in another host catalog than host set {id}"
                         )))
                     }
-                    None => return Err(ApiError::not_found(format!("host {h} not found"))),
+                    None => return Err(Error::not_found(format!("host {h} not found"))),
                 }
             }
             let set = st.host_sets.get_mut(id).expect("checked above");
@@ -605,13 +629,13 @@ impl Controller {
     }
 
     /// Deletes a host set: targets drop it as a source.
-    pub async fn delete_host_set(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_host_set(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete host sets")?;
         let now = Timestamp::now();
         let done = {
             let mut st = self.state();
             if st.host_sets.remove(id).is_none() {
-                return Err(ApiError::not_found(format!("host set {id} not found")));
+                return Err(Error::not_found(format!("host set {id} not found")));
             }
             let mut writes = drop_host_sources(&mut st, &[id.to_owned()], now);
             writes.push(Write::Delete(Table::Resources, id.to_owned()));
@@ -640,30 +664,30 @@ impl Controller {
         &self,
         p: &Principal,
         id: &str,
-    ) -> Result<crate::model::AuthToken, ApiError> {
+    ) -> Result<crate::model::AuthToken, Error> {
         match self.state().auth_tokens.get(id) {
             Some(t) if t.user_id == p.user.id || p.user.admin => Ok(t.clone()),
-            Some(_) => Err(ApiError::forbidden(format!(
+            Some(_) => Err(Error::forbidden(format!(
                 "auth token {id} belongs to another user"
             ))),
-            None => Err(ApiError::not_found(format!("auth token {id} not found"))),
+            None => Err(Error::not_found(format!("auth token {id} not found"))),
         }
     }
 
     /// Revokes an auth token (logout): yours, or any as an administrator. Its sessions are
     /// canceled.
-    pub async fn delete_auth_token(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_auth_token(&self, p: &Principal, id: &str) -> Result<(), Error> {
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             match st.auth_tokens.get(id) {
                 Some(t) if t.user_id == p.user.id || p.user.admin => {}
                 Some(_) => {
-                    return Err(ApiError::forbidden(format!(
+                    return Err(Error::forbidden(format!(
                         "auth token {id} belongs to another user"
                     )))
                 }
-                None => return Err(ApiError::not_found(format!("auth token {id} not found"))),
+                None => return Err(Error::not_found(format!("auth token {id} not found"))),
             }
             st.auth_tokens.remove(id);
             let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.auth_token_id == id);
@@ -686,14 +710,14 @@ impl Controller {
         description: &str,
         admin: bool,
         project_ids: Vec<String>,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, Error> {
         require_admin(p, "create users")?;
         check_name(name)?;
         let (u, done) = {
             let mut st = self.state();
             check_projects(&st, &project_ids)?;
             if !name.is_empty() && st.users.values().any(|u| u.name == name) {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a user named {name:?} already exists"
                 )));
             }
@@ -727,9 +751,9 @@ impl Controller {
     }
 
     /// One user: yourself, or anyone as an administrator.
-    pub fn read_user(&self, p: &Principal, id: &str) -> Result<User, ApiError> {
+    pub fn read_user(&self, p: &Principal, id: &str) -> Result<User, Error> {
         if !p.user.admin && id != p.user.id {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "you may only read your own user, not {id}"
             )));
         }
@@ -737,7 +761,7 @@ impl Controller {
             .users
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("user {id} not found")))
+            .ok_or_else(|| Error::not_found(format!("user {id} not found")))
     }
 
     /// Changes a user's name, description, role or projects (admin only); stale versions are
@@ -748,7 +772,7 @@ impl Controller {
         id: &str,
         version: Option<u32>,
         change: UserChange,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, Error> {
         let UserChange {
             name,
             description,
@@ -757,7 +781,7 @@ impl Controller {
         } = change;
         require_admin(p, "change users")?;
         if admin == Some(false) && id == p.user.id {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "you cannot take the admin role from yourself; another administrator must",
             ));
         }
@@ -769,7 +793,7 @@ impl Controller {
             let u = st
                 .users
                 .get_mut(id)
-                .ok_or_else(|| ApiError::not_found(format!("user {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("user {id} not found")))?;
             check_version(id, u.version, version)?;
             if let Some(n) = name {
                 check_name(&n)?;
@@ -797,16 +821,16 @@ impl Controller {
 
     /// Deletes a user: its auth tokens are revoked, its accounts left without a user and its
     /// sessions canceled (admin only).
-    pub async fn delete_user(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_user(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete users")?;
         if id == p.user.id {
-            return Err(ApiError::bad_request("you cannot delete yourself"));
+            return Err(Error::invalid("you cannot delete yourself"));
         }
         let now = Timestamp::now();
         let (done, pushes) = {
             let mut st = self.state();
             if st.users.remove(id).is_none() {
-                return Err(ApiError::not_found(format!("user {id} not found")));
+                return Err(Error::not_found(format!("user {id} not found")));
             }
             let (mut writes, pushes) = cancel_where(&mut st, now, |s| s.user_id == id);
             writes.extend(revoke_tokens_where(&mut st, |t| t.user_id == id).1);
@@ -832,7 +856,7 @@ impl Controller {
         user_id: &str,
         version: Option<u32>,
         accounts: &[String],
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, Error> {
         require_admin(p, "change users")?;
         let (u, done) = {
             let mut st = self.state();
@@ -840,16 +864,16 @@ impl Controller {
                 .users
                 .get(user_id)
                 .cloned()
-                .ok_or_else(|| ApiError::not_found(format!("user {user_id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("user {user_id} not found")))?;
             check_version(user_id, u.version, version)?;
             // Check every account before changing any, so a refusal leaves all as they were.
             for id in accounts {
                 let a = st
                     .accounts
                     .get(id)
-                    .ok_or_else(|| ApiError::not_found(format!("account {id} not found")))?;
+                    .ok_or_else(|| Error::not_found(format!("account {id} not found")))?;
                 if !a.user_id.is_empty() && a.user_id != user_id {
-                    return Err(ApiError::conflict(format!(
+                    return Err(Error::conflict(format!(
                         "account {id} already belongs to user {}",
                         a.user_id
                     )));
@@ -908,7 +932,7 @@ impl Controller {
         p: &Principal,
         id: &str,
         u: HostUpdate,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, Error> {
         require_admin(p, "change host resources")?;
         if let Some(n) = &u.name {
             check_name(n)?;
@@ -936,7 +960,7 @@ impl Controller {
             let mut st = self.state();
             let (bytes, value) = if let Some(c) = st.catalogs.get_mut(id) {
                 if address.is_some() {
-                    return Err(ApiError::bad_request("a host catalog has no address"));
+                    return Err(Error::invalid("a host catalog has no address"));
                 }
                 apply!(&mut *c);
                 (enc(&*c), serde_json::to_value(&*c))
@@ -948,17 +972,17 @@ impl Controller {
                 (enc(&*h), serde_json::to_value(&*h))
             } else if let Some(h) = st.host_sets.get_mut(id) {
                 if address.is_some() {
-                    return Err(ApiError::bad_request(
+                    return Err(Error::invalid(
                         "a host set has no address; change its hosts",
                     ));
                 }
                 apply!(&mut *h);
                 (enc(&*h), serde_json::to_value(&*h))
             } else {
-                return Err(ApiError::not_found(format!("{id} not found")));
+                return Err(Error::not_found(format!("{id} not found")));
             };
             let done = self.persist(vec![Write::Put(Table::Resources, id.to_owned(), bytes)]);
-            (value.map_err(|e| ApiError::internal(e.to_string()))?, done)
+            (value.map_err(|e| Error::internal(e.to_string()))?, done)
         };
         done.await?;
         Ok(value)
@@ -977,10 +1001,10 @@ pub struct UserChange {
 }
 
 /// Every id must be a project.
-fn check_projects(st: &State, ids: &[String]) -> Result<(), ApiError> {
+fn check_projects(st: &State, ids: &[String]) -> Result<(), Error> {
     for id in ids {
         if st.scopes.get(id).is_none_or(|s| s.kind != "project") {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::invalid(format!(
                 "{id} is not a project scope; users are given projects (p_…)"
             )));
         }

@@ -5,8 +5,8 @@
 use jiff::Timestamp;
 use tracing::info;
 
-use crate::api::ApiError;
 use crate::controller::{enc, Controller, Principal};
+use crate::error::Error;
 use crate::ids::new_id;
 use crate::model::Scope;
 use crate::resources::{cancel_where, check_name, check_version, require_admin};
@@ -35,7 +35,7 @@ impl Controller {
         parent_id: &str,
         name: &str,
         description: &str,
-    ) -> Result<Scope, ApiError> {
+    ) -> Result<Scope, Error> {
         require_admin(p, "create scopes")?;
         check_name(name)?;
         let now = Timestamp::now();
@@ -47,12 +47,12 @@ impl Controller {
                 match st.scopes.get(parent_id) {
                     Some(s) if s.kind == "org" => "project",
                     Some(_) => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(Error::invalid(format!(
                             "{parent_id} is a project; projects hold no scopes. Create orgs in global and projects in an org"
                         )))
                     }
                     None => {
-                        return Err(ApiError::not_found(format!(
+                        return Err(Error::not_found(format!(
                             "scope {parent_id} not found"
                         )))
                     }
@@ -64,7 +64,7 @@ impl Controller {
                     .values()
                     .any(|s| s.parent_scope_id == parent_id && s.name == name)
             {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a scope named {name:?} already exists in {parent_id}"
                 )));
             }
@@ -95,10 +95,10 @@ impl Controller {
         p: &Principal,
         parent_id: &str,
         recursive: bool,
-    ) -> Result<Vec<Scope>, ApiError> {
+    ) -> Result<Vec<Scope>, Error> {
         let st = self.state();
         if parent_id != "global" && !st.scopes.contains_key(parent_id) {
-            return Err(ApiError::not_found(format!("scope {parent_id} not found")));
+            return Err(Error::not_found(format!("scope {parent_id} not found")));
         }
         Ok(st
             .scopes
@@ -117,12 +117,12 @@ impl Controller {
     }
 
     /// One scope (`global` included), if the caller may see it.
-    pub fn read_scope(&self, p: &Principal, id: &str) -> Result<Scope, ApiError> {
+    pub fn read_scope(&self, p: &Principal, id: &str) -> Result<Scope, Error> {
         let s = self
             .scope_or_global(id)
-            .ok_or_else(|| ApiError::not_found(format!("scope {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("scope {id} not found")))?;
         if !may_see_scope(p, &self.state(), &s) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "scope {id} holds no project user {} has been given; an administrator can add one with `sluice users update -id {} -project-id ...`",
                 p.user.id, p.user.id
             )));
@@ -146,10 +146,10 @@ impl Controller {
         version: Option<u32>,
         name: Option<String>,
         description: Option<String>,
-    ) -> Result<Scope, ApiError> {
+    ) -> Result<Scope, Error> {
         require_admin(p, "change scopes")?;
         if id == "global" {
-            return Err(ApiError::bad_request("the global scope cannot be changed"));
+            return Err(Error::invalid("the global scope cannot be changed"));
         }
         if let Some(n) = &name {
             check_name(n)?;
@@ -159,7 +159,7 @@ impl Controller {
             let current = st
                 .scopes
                 .get(id)
-                .ok_or_else(|| ApiError::not_found(format!("scope {id} not found")))?;
+                .ok_or_else(|| Error::not_found(format!("scope {id} not found")))?;
             check_version(id, current.version, version)?;
             if let Some(n) = name.as_deref().filter(|n| !n.is_empty()) {
                 let parent = current.parent_scope_id.clone();
@@ -168,7 +168,7 @@ impl Controller {
                     .values()
                     .any(|s| s.id != id && s.parent_scope_id == parent && s.name == n)
                 {
-                    return Err(ApiError::conflict(format!(
+                    return Err(Error::conflict(format!(
                         "a scope named {n:?} already exists in {parent}"
                     )));
                 }
@@ -192,16 +192,16 @@ impl Controller {
 
     /// Deletes an org or project with everything in it: projects, targets, host catalogs,
     /// hosts and host sets. Their sessions are canceled and their workers told at once.
-    pub async fn delete_scope(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_scope(&self, p: &Principal, id: &str) -> Result<(), Error> {
         require_admin(p, "delete scopes")?;
         if id == "global" {
-            return Err(ApiError::bad_request("the global scope cannot be deleted"));
+            return Err(Error::invalid("the global scope cannot be deleted"));
         }
         let now = Timestamp::now();
         let (done, pushes, removed) = {
             let mut st = self.state();
             if !st.scopes.contains_key(id) {
-                return Err(ApiError::not_found(format!("scope {id} not found")));
+                return Err(Error::not_found(format!("scope {id} not found")));
             }
             let scopes: Vec<String> = st
                 .scopes

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::api::ApiError;
+use crate::error::Error;
 
 /// Failed attempts allowed per login name within [`WINDOW`].
 pub const MAX_FAILURES: u32 = 5;
@@ -46,7 +46,7 @@ impl LoginThrottle {
     /// [`MAX_FAILURES`] attempts are counted within the window, saying how long to wait.
     /// Counting first means a burst of parallel guesses gets no more evaluations than a
     /// sequence would; a success clears the count ([`Self::succeeded`]).
-    pub(crate) fn attempt(&self, auth_method_id: &str, login_name: &str) -> Result<(), ApiError> {
+    pub(crate) fn attempt(&self, auth_method_id: &str, login_name: &str) -> Result<(), Error> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED {
             let window = self.window;
@@ -60,7 +60,7 @@ impl LoginThrottle {
             *e = (0, Instant::now());
         } else if e.0 >= MAX_FAILURES {
             let wait = (self.window - elapsed).as_secs() + 1;
-            return Err(ApiError::too_many_requests(format!(
+            return Err(Error::exhausted(format!(
                 "too many failed attempts for login name {login_name:?}: try again in {wait} s"
             )));
         }
@@ -77,10 +77,10 @@ impl LoginThrottle {
     }
 
     /// A slot to run one password hash in.
-    pub(crate) async fn hash_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    pub(crate) async fn hash_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
         match tokio::time::timeout(SLOT_WAIT, self.hashes.acquire()).await {
             Ok(Ok(p)) => Ok(p),
-            _ => Err(ApiError::unavailable(
+            _ => Err(Error::unavailable(
                 "the controller is busy checking other logins; try again shortly",
             )),
         }
@@ -98,8 +98,8 @@ mod tests {
             t.attempt("ampw_1", "dora").unwrap();
         }
         let e = t.attempt("ampw_1", "Dora").unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(e.message.contains("try again in"), "{}", e.message);
+        assert!(matches!(e, Error::Exhausted(_)), "{e:?}");
+        assert!(e.message().contains("try again in"), "{e}");
         t.attempt("ampw_1", "eve").unwrap();
         t.attempt("ampw_2", "dora").unwrap();
         std::thread::sleep(Duration::from_millis(350));

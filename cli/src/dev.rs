@@ -230,7 +230,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     report_on_sigusr1()?;
     axum::serve(
         listener,
-        sluice_controlplane::api::router(controller.clone()),
+        sluice_controlplane::http::router(controller.clone()),
     )
     .with_graceful_shutdown(shutdown)
     .await

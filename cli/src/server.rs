@@ -288,10 +288,10 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = crate::dev::shutdown_signal()?;
     // It relays nothing, but an operator who signals every sluice process must not end it.
     crate::dev::report_on_sigusr1()?;
-    let router = sluice_controlplane::api::router(controller.clone());
+    let router = sluice_controlplane::http::router(controller.clone());
     match tls {
         Some(tls) => {
-            let listener = sluice_controlplane::api_tls::TlsListener::new(listener, tls)?;
+            let listener = sluice_controlplane::http::tls::TlsListener::new(listener, tls)?;
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -358,7 +358,7 @@ fn api_tls(
         ),
     };
     Ok((
-        Some(sluice_controlplane::api_tls::server_config(chain, key)?),
+        Some(sluice_controlplane::http::tls::server_config(chain, key)?),
         ca_path,
     ))
 }

@@ -3,7 +3,7 @@
 /// Parses arbitrary bytes as every API request body and as a worker filter; must never panic.
 pub fn api_body(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        crate::api::parse_every_body(text);
+        crate::http::parse_every_body(text);
     }
 }
 
@@ -20,7 +20,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
-                crate::api::accepted_as(&name, &text),
+                crate::http::accepted_as(&name, &text),
                 "{name} is not accepted as the body it is named for"
             );
             super::api_body(text.as_bytes());

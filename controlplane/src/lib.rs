@@ -3,8 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
-pub mod api;
-pub mod api_tls;
 pub mod cluster;
 pub mod controller;
 pub mod error;
@@ -12,6 +10,7 @@ pub mod filter;
 pub mod fleet;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
+pub mod http;
 pub mod ids;
 pub mod model;
 pub mod pki;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_controlplane::controller::dev_ids;
+use sluice_controlplane::dev_ids;
 use sluice_controlplane::pki::{generate_worker_identity, WorkerIdentity};
 use sluice_controlplane::{Controller, DevSeed, RedbStore, WorkerInfo, WorkerLink};
 use sluice_dataplane::{tls, Worker, WorkerConfig, WorkerHandle};

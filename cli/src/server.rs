@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use sluice_controlplane::controller::dev_ids;
+use sluice_controlplane::dev_ids;
 use sluice_controlplane::{Controller, DevSeed, RedbStore, Store};
 use tracing::info;
 

@@ -232,7 +232,7 @@ pub(super) async fn update_host_resource(
     body: &str,
 ) -> Result<Principal, ApiError> {
     let p = principal(c, headers)?;
-    let u: crate::resources::HostUpdate = parse_body(body)?;
+    let u: crate::domain::hosts::HostUpdate = parse_body(body)?;
     static_only(&u.kind)?;
     c.update_host_resource(&p, id, u).await?;
     Ok(p)

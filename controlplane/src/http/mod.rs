@@ -22,9 +22,10 @@ mod prelude {
         ScopeQuery,
     };
     pub(super) use crate::controller::{Controller, Principal};
-    pub(super) use crate::fleet::WorkerView;
+    pub(super) use crate::domain::targets::{TargetCreate, TargetUpdate};
+    pub(super) use crate::domain::workers::WorkerView;
+    pub(super) use crate::domain::ListChange;
     pub(super) use crate::model::{Host, HostCatalog, HostSet, Scope, Session, Target};
-    pub(super) use crate::resources::{ListChange, TargetCreate, TargetUpdate};
     pub(super) use axum::extract::{Path, Query, State};
     pub(super) use axum::http::{HeaderMap, StatusCode};
     pub(super) use axum::response::{IntoResponse, Response};
@@ -318,7 +319,7 @@ pub(super) fn item(v: Value) -> Json<Value> {
 /// one; for the `api_body` fuzz target. Must never panic.
 #[cfg(any(fuzzing, test))]
 pub(crate) fn parse_every_body(body: &str) {
-    use crate::resources::{TargetCreate, TargetUpdate};
+    use crate::domain::targets::{TargetCreate, TargetUpdate};
     let _ = parse_body::<AuthenticateBody>(body);
     let _ = parse_body::<ScopeBody>(body);
     let _ = parse_body::<CreateWorkerBody>(body);
@@ -329,7 +330,7 @@ pub(crate) fn parse_every_body(body: &str) {
     let _ = parse_body::<UserBody>(body);
     let _ = parse_body::<AccountBody>(body);
     let _ = parse_body::<PasswordBody>(body);
-    let _ = parse_body::<crate::resources::HostUpdate>(body);
+    let _ = parse_body::<crate::domain::hosts::HostUpdate>(body);
     let filters = [
         parse_body::<TargetCreate>(body)
             .ok()
@@ -340,7 +341,7 @@ pub(crate) fn parse_every_body(body: &str) {
         Some(body.to_owned()),
     ];
     for f in filters.into_iter().flatten() {
-        if let Ok(parsed) = crate::filter::Filter::parse(&f) {
+        if let Ok(parsed) = crate::domain::filter::Filter::parse(&f) {
             let _ = parsed.matches("w", &std::collections::BTreeMap::new());
         }
     }
@@ -350,8 +351,9 @@ pub(crate) fn parse_every_body(body: &str) {
 /// worker filter in it valid.
 #[cfg(test)]
 pub(crate) fn accepted_as(name: &str, body: &str) -> bool {
-    use crate::resources::{TargetCreate, TargetUpdate};
-    let filter_ok = |f: Option<String>| f.is_none_or(|f| crate::filter::Filter::parse(&f).is_ok());
+    use crate::domain::targets::{TargetCreate, TargetUpdate};
+    let filter_ok =
+        |f: Option<String>| f.is_none_or(|f| crate::domain::filter::Filter::parse(&f).is_ok());
     match name {
         "seed_authenticate" => parse_body::<AuthenticateBody>(body).is_ok(),
         "seed_target_create" => parse_body::<TargetCreate>(body)
@@ -363,7 +365,7 @@ pub(crate) fn accepted_as(name: &str, body: &str) -> bool {
         "seed_list_change" => parse_body::<ListBody>(body).is_ok(),
         "seed_cancel" => parse_body::<CancelBody>(body).is_ok(),
         "seed_authorize" => parse_body::<AuthorizeBody>(body).is_ok(),
-        "seed_filter" => crate::filter::Filter::parse(body).is_ok(),
+        "seed_filter" => crate::domain::filter::Filter::parse(body).is_ok(),
         _ => false,
     }
 }

@@ -89,7 +89,7 @@ pub(super) async fn update_user(
             &p,
             &id,
             b.version,
-            crate::resources::UserChange {
+            crate::domain::users::UserChange {
                 name: b.name,
                 description: b.description,
                 admin,

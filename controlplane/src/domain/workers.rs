@@ -14,12 +14,12 @@ use tracing::{info, warn};
 use crate::controller::{
     enc, hex, sha256_hex, Controller, LinkState, Principal, WorkerInfo, WorkerLink,
 };
+use crate::domain::filter::Filter;
+use crate::domain::require_admin;
+use crate::domain::sessions;
 use crate::error::Error;
-use crate::filter::Filter;
 use crate::ids::new_id;
 use crate::model::{SessionStatus, Target, Worker};
-use crate::resources::require_admin;
-use crate::sessions;
 use crate::store::{Table, Write};
 
 /// How long a worker's link may be down before its live sessions are ended with

@@ -5,11 +5,12 @@
 use jiff::Timestamp;
 use tracing::info;
 
-use crate::controller::{dev_ids, enc, Controller, Principal};
+use crate::controller::{enc, Controller, Principal};
+use crate::domain::seed::dev_ids;
+use crate::domain::{cancel_where, check_version, require_admin, revoke_tokens_where};
 use crate::error::Error;
 use crate::ids::new_id;
 use crate::model::Account;
-use crate::resources::{cancel_where, check_version, require_admin, revoke_tokens_where};
 use crate::store::{Table, Write};
 
 fn check_login_name(login_name: &str) -> Result<(), Error> {

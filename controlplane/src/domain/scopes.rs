@@ -6,10 +6,10 @@ use jiff::Timestamp;
 use tracing::info;
 
 use crate::controller::{enc, Controller, Principal};
+use crate::domain::{cancel_where, check_name, check_version, require_admin};
 use crate::error::Error;
 use crate::ids::new_id;
 use crate::model::Scope;
-use crate::resources::{cancel_where, check_name, check_version, require_admin};
 use crate::store::{Table, Write};
 
 /// The global scope, parent of every org. It is not stored.

@@ -80,7 +80,7 @@ enum Inner {
         // The control stream stays open for the life of the session.
         _control: (quinn::SendStream, quinn::RecvStream),
         _probe: crate::diag::ConnProbe,
-        gate: crate::gate::SendGate,
+        gate: crate::relay::gate::SendGate,
     },
     Stream {
         worker: SocketAddr,
@@ -162,9 +162,9 @@ impl ClientSession {
         };
         let socket = crate::net::bind_udp(bind, false).map_err(|e| unreachable(e.to_string()))?;
         let mut endpoint =
-            crate::udp::endpoint(socket, None).map_err(|e| unreachable(e.to_string()))?;
+            crate::quic::udp::endpoint(socket, None).map_err(|e| unreachable(e.to_string()))?;
         endpoint.set_default_client_config(
-            crate::tls::client_config(claims.ca_fingerprint)
+            crate::quic::client_config(claims.ca_fingerprint)
                 .map_err(|e| unreachable(e.to_string()))?,
         );
         let connecting = endpoint
@@ -511,24 +511,26 @@ impl ClientSession {
                 let (mut sr, sw) = s.split();
                 let down_way = async {
                     let mut buf = BytesMut::new();
-                    let frame = crate::stream_transport::read_frame(&mut sr, &mut buf).await;
+                    let frame =
+                        crate::worker::stream_transport::read_frame(&mut sr, &mut buf).await;
                     take_answer(frame, on_accepted)?;
                     write_early(&mut lw, &buf, &down).await?;
-                    crate::splice::one_way(sr.as_ref(), lw.as_ref(), &down).await
+                    crate::relay::splice::one_way(sr.as_ref(), lw.as_ref(), &down).await
                 };
-                let up_way = crate::splice::one_way(lr.as_ref(), sw.as_ref(), &up);
+                let up_way = crate::relay::splice::one_way(lr.as_ref(), sw.as_ref(), &up);
                 both_ways(up_way, down_way, answered).await
             }
             StreamConn::Tls(s) => {
                 let (mut sr, mut sw) = tokio::io::split(*s);
                 let down_way = async {
                     let mut buf = BytesMut::new();
-                    let frame = crate::stream_transport::read_frame(&mut sr, &mut buf).await;
+                    let frame =
+                        crate::worker::stream_transport::read_frame(&mut sr, &mut buf).await;
                     take_answer(frame, on_accepted)?;
                     write_early(&mut lw, &buf, &down).await?;
-                    crate::pool::copy_pooled(&mut sr, &mut lw, &down).await
+                    crate::relay::pool::copy_pooled(&mut sr, &mut lw, &down).await
                 };
-                let up_way = crate::pool::copy_pooled(&mut lr, &mut sw, &up);
+                let up_way = crate::relay::pool::copy_pooled(&mut lr, &mut sw, &up);
                 both_ways(up_way, down_way, answered).await
             }
         };
@@ -575,7 +577,7 @@ impl ClientSession {
     pub async fn close(&self) {
         match &self.inner {
             Inner::Quic { conn, endpoint, .. } => {
-                crate::congestion::close(conn, CLOSE_CLIENT_DONE.into(), b"client done");
+                crate::quic::congestion::close(conn, CLOSE_CLIENT_DONE.into(), b"client done");
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle())
                         .await;
@@ -609,8 +611,8 @@ enum StreamConn {
 impl StreamConn {
     async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, Refusal> {
         match self {
-            StreamConn::Plain(s) => crate::stream_transport::read_frame(s, buf).await,
-            StreamConn::Tls(s) => crate::stream_transport::read_frame(s, buf).await,
+            StreamConn::Plain(s) => crate::worker::stream_transport::read_frame(s, buf).await,
+            StreamConn::Tls(s) => crate::worker::stream_transport::read_frame(s, buf).await,
         }
     }
 

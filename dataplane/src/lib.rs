@@ -8,32 +8,34 @@
 //!
 //! Tokens are verified locally against the controller's public keys; what happens is reported
 //! to the controller as [`WorkerEvent`](sluice_proto::cluster::WorkerEvent)s on a channel.
+//!
+//! Rooms: `worker/` (threads, admission, the `tls`/`tcp` transports, the cluster link,
+//! memory trimming), `client/` (`sluice connect`'s side), `relay/` (moving bytes: QUIC↔TCP,
+//! splice, the TLS copy pool, send priority), `quic/` (UDP endpoints, congestion control,
+//! transport settings), `tls.rs`, `uring.rs` (the optional io_uring driver), `spin.rs` (busy
+//! polling), `net.rs` (socket setup), `diag.rs` (SIGUSR1 reports). Every `unsafe` block is in
+//! `sys.rs`: `malloc_trim` and reading `TCP_INFO`.
 #![deny(unsafe_code)]
 
 pub mod client;
-pub mod cluster;
-mod congestion;
 pub mod diag;
-mod gate;
 pub mod net;
-mod pool;
-mod registry;
-mod relay;
-mod server;
-mod spin;
-mod splice;
-mod stream_transport;
+pub(crate) mod quic;
+pub(crate) mod relay;
+pub(crate) mod spin;
+#[allow(unsafe_code)]
+mod sys;
 pub mod tls;
-mod trim;
-mod udp;
-mod uring;
+pub(crate) mod uring;
+pub(crate) mod worker;
 
-pub use pool::DEFAULT_READ_AHEAD_BUDGET;
-pub use registry::unix_now;
-pub use server::{Worker, WorkerConfig, WorkerHandle};
+pub use relay::pool::DEFAULT_READ_AHEAD_BUDGET;
 pub use spin::default_window as default_busy_poll;
 pub use spin::with_polling as with_busy_polling;
 pub use uring::IoDriver;
+pub use worker::cluster;
+pub use worker::registry::unix_now;
+pub use worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// QUIC application close code a client sends when its user ends the session.
 pub const CLOSE_CLIENT_DONE: u32 = 0x01;

@@ -209,24 +209,9 @@ pub const NEAR_SPLICED_RECEIVE_BUFFER: usize = 128 * 1024;
 /// The smoothed round trip the kernel holds for a connected TCP socket (from the handshake
 /// until data has flowed), or `None` if it cannot be read.
 pub fn round_trip(s: &impl std::os::fd::AsRawFd) -> Option<std::time::Duration> {
-    #[allow(unsafe_code)]
-    // SAFETY: `tcp_info` is plain integers, for which all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    #[allow(unsafe_code)]
-    // SAFETY: `info` and `len` are valid for writes, and `len` is `info`'s size, so the kernel
-    // writes at most that much.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && info.tcpi_rtt > 0)
-        .then(|| std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+    crate::sys::tcp_info(s)
+        .filter(|info| info.tcpi_rtt > 0)
+        .map(|info| std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
 
 /// Gives a connected socket that relayed bytes are written into a fixed send buffer of

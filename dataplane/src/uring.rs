@@ -214,7 +214,7 @@ fn to_uring(s: tokio::net::TcpStream) -> io::Result<tokio_uring::net::TcpStream>
 }
 
 /// Relays between `a` and `b` through io_uring until both directions reach end of stream or
-/// one fails; counts bytes as [`crate::splice::relay`] does. Must run on a uring thread.
+/// one fails; counts bytes as [`crate::relay::splice::relay`] does. Must run on a uring thread.
 async fn relay(
     a: tokio::net::TcpStream,
     b: tokio::net::TcpStream,

@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use crate::pool::copy_pooled;
-use crate::registry::{unix_now, Admitted, LiveSession, Registry};
-use crate::server::{arm_expiry, WorkerConfig};
+use crate::relay::pool::copy_pooled;
+use crate::worker::registry::{unix_now, Admitted, LiveSession, Registry};
+use crate::worker::{arm_expiry, WorkerConfig};
 
 const TLS_HANDSHAKE: u8 = 0x16;
 /// After a refusal, how long and how much the worker keeps reading what the client had
@@ -64,7 +64,7 @@ pub(crate) async fn handle(
     config: Arc<WorkerConfig>,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
-    slot: crate::server::HandshakeSlot,
+    slot: crate::worker::HandshakeSlot,
 ) {
     let _ = tcp.set_nodelay(true);
     if config.tcp_buffer.is_none() {
@@ -173,7 +173,7 @@ async fn serve(
     mut conn: Conn,
     client_addr: String,
     deadline: tokio::time::Instant,
-    slot: crate::server::HandshakeSlot,
+    slot: crate::worker::HandshakeSlot,
 ) {
     let mut buf = BytesMut::new();
     let frame = match tokio::time::timeout_at(deadline, conn.read_frame(&mut buf)).await {
@@ -310,7 +310,7 @@ async fn data_connection(
             Conn::Plain(client) if crate::uring::on_this_thread() => {
                 crate::uring::relay_here(client, target, up.clone(), down.clone()).await
             }
-            Conn::Plain(client) => crate::splice::relay(&client, &target, &up, &down).await,
+            Conn::Plain(client) => crate::relay::splice::relay(&client, &target, &up, &down).await,
             Conn::Tls(client) => copy_counted(*client, target, &up, &down).await,
         }
     };

@@ -1,5 +1,10 @@
 //! The worker: per-core threads, each with its own QUIC endpoint on a shared `SO_REUSEPORT` port.
 
+pub mod cluster;
+pub(crate) mod registry;
+pub(crate) mod stream_transport;
+pub(crate) mod trim;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -13,8 +18,8 @@ use sluice_proto::{ConnectionClosedReason, KeySet, Refusal, RefusalKind, Termina
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::registry::{unix_now, Admitted, LiveSession, Registry};
 use crate::relay::{relay_after, Answer, Counts, OnConnection, Outcome};
+use crate::worker::registry::{unix_now, Admitted, LiveSession, Registry};
 use crate::{CLOSE_CLIENT_DONE, CLOSE_REFUSED_BASE};
 
 /// How a worker is set up.
@@ -107,7 +112,7 @@ impl WorkerConfig {
             allow_plaintext: false,
             max_handshakes: 1024,
             tcp_buffer: None,
-            read_ahead_budget: crate::pool::DEFAULT_READ_AHEAD_BUDGET,
+            read_ahead_budget: crate::relay::pool::DEFAULT_READ_AHEAD_BUDGET,
             io_driver: crate::IoDriver::Epoll,
             busy_poll: crate::spin::default_window(),
         }
@@ -153,11 +158,11 @@ impl Worker {
         )
         .map_err(|e| std::io::Error::other(format!("worker TLS config: {e}")))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()));
-        let server_config = crate::tls::server_config(tls)
+        let server_config = crate::quic::server_config(tls)
             .map_err(|e| std::io::Error::other(format!("worker QUIC config: {e}")))?;
         let (local_addr, port_claim, sockets) =
             crate::net::bind_all(config.listen_addr, threads, config.tcp_buffer)?;
-        crate::pool::set_read_ahead_budget(config.read_ahead_budget);
+        crate::relay::pool::set_read_ahead_budget(config.read_ahead_budget);
         let mut registry = Registry::new(config.worker_id.clone(), keys, events);
         registry.tcp_buffer = config.tcp_buffer;
         let registry = Arc::new(registry);
@@ -180,7 +185,7 @@ impl Worker {
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
-                    crate::registry::mark_worker_thread();
+                    crate::worker::registry::mark_worker_thread();
                     let span = info_span!("worker", thread = i);
                     crate::uring::block_on(
                         io_driver,
@@ -200,7 +205,7 @@ impl Worker {
             handles.push(handle);
         }
         let trim_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let trimmer = crate::trim::spawn(registry.closed.clone(), trim_stop.clone())?;
+        let trimmer = crate::worker::trim::spawn(registry.closed.clone(), trim_stop.clone())?;
         info!(
             addr = %local_addr,
             threads,
@@ -294,7 +299,7 @@ async fn serve(
             return;
         }
     };
-    let endpoint = match crate::udp::endpoint(socket, Some(server_config)) {
+    let endpoint = match crate::quic::udp::endpoint(socket, Some(server_config)) {
         Ok(e) => e,
         Err(e) => {
             warn!(error = %e, "could not start QUIC endpoint");
@@ -330,7 +335,7 @@ async fn serve(
                 let config = config.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(
-                    crate::stream_transport::handle(registry, config, acceptor, tcp, slot)
+                    crate::worker::stream_transport::handle(registry, config, acceptor, tcp, slot)
                         .instrument(info_span!("client", %remote, transport = "tcp")),
                 );
             }
@@ -345,7 +350,7 @@ async fn serve(
 
 fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
     debug!(kind = ?refusal.kind, message = %refusal.message, "refused client");
-    crate::congestion::close(
+    crate::quic::congestion::close(
         conn,
         (CLOSE_REFUSED_BASE + u32::from(refusal.kind.wire())).into(),
         refusal.message.as_bytes(),
@@ -376,7 +381,7 @@ async fn handle_connection(
             .await
             .map_err(|e| Refusal::new(RefusalKind::Protocol, format!("no control stream: {e}")))?;
         let mut buf = BytesMut::new();
-        let frame = crate::stream_transport::read_frame(&mut recv, &mut buf).await?;
+        let frame = crate::worker::stream_transport::read_frame(&mut recv, &mut buf).await?;
         let Frame::ClientHello { nonce, token } = frame else {
             return Err(Refusal::new(
                 RefusalKind::Protocol,
@@ -434,15 +439,15 @@ impl Drop for OpenStream {
     }
 }
 
-/// Doubles a session's stream limit, up to [`crate::tls::MAX_STREAMS`], once more than half of
+/// Doubles a session's stream limit, up to [`crate::quic::MAX_STREAMS`], once more than half of
 /// it is open, so a client opening many connections at once waits at most a round trip for the
 /// next credit while a session with few pays for few (quinn allocates state for every stream
 /// the limit allows). Returns the limit now in force.
 fn raise_stream_limit(conn: &quinn::Connection, open: u32, limit: u32) -> u32 {
-    if open <= limit / 2 || limit >= crate::tls::MAX_STREAMS {
+    if open <= limit / 2 || limit >= crate::quic::MAX_STREAMS {
         return limit;
     }
-    let raised = (limit * 2).min(crate::tls::MAX_STREAMS);
+    let raised = (limit * 2).min(crate::quic::MAX_STREAMS);
     conn.set_max_concurrent_bi_streams(raised.into());
     debug!(open, limit = raised, "raised the session's stream limit");
     raised
@@ -468,8 +473,8 @@ async fn serve_session(
     let remote = conn.remote_address().to_string();
     // Streams open now (the control stream is one), and the limit the client was given.
     let open = Arc::new(AtomicU32::new(1));
-    let mut limit = crate::tls::INITIAL_STREAMS;
-    let gate = Arc::new(crate::gate::SendGate::default());
+    let mut limit = crate::quic::INITIAL_STREAMS;
+    let gate = Arc::new(crate::relay::gate::SendGate::default());
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
@@ -505,7 +510,7 @@ async fn serve_session(
             },
             reason = session.wait_end() => {
                 info!(reason = reason.as_str(), "session ended; closing client connection");
-                crate::congestion::close(
+                crate::quic::congestion::close(
                     &conn,
                     reason.close_code().into(),
                     reason.as_str().as_bytes(),
@@ -523,14 +528,14 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     client_addr: String,
     conn_id: usize,
-    gate: &crate::gate::SendGate,
+    gate: &crate::relay::gate::SendGate,
 ) {
     let mut buf = BytesMut::new();
     // No time limit here: the stream belongs to a connection that already presented a valid
     // token, and under load its header can wait behind other streams' data for as long as
     // flow control holds it (1,000 concurrent bulk streams kept some waiting over 10 s, and a
     // limit here cut them). A client that vanishes is caught by the connection's idle timeout.
-    match crate::stream_transport::read_frame(&mut recv, &mut buf).await {
+    match crate::worker::stream_transport::read_frame(&mut recv, &mut buf).await {
         Ok(Frame::StreamOpen) => {}
         other => {
             debug!(header = ?other, "stream did not open with a stream-open frame");

@@ -551,9 +551,9 @@ mod tests {
     /// bulk copy in them without losing packets to refused sends.
     #[tokio::test]
     async fn a_loopback_connection_moves_bulk_in_large_datagrams_without_losses() {
-        let (_s, _c, worker, client) = crate::tls::loopback_pair(
-            crate::tls::transport_config(false),
-            crate::tls::transport_config(true),
+        let (_s, _c, worker, client) = crate::quic::loopback_pair(
+            crate::quic::transport_config(false),
+            crate::quic::transport_config(true),
         )
         .await;
         const BYTES: usize = 32 << 20;

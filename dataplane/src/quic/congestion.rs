@@ -129,7 +129,8 @@ impl Controller for ClosingCubic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{loopback_configs, transport_config, WORKER_SERVER_NAME};
+    use crate::quic::{loopback_configs, transport_config};
+    use crate::tls::WORKER_SERVER_NAME;
     use std::time::Duration;
 
     const CODE: u32 = 0x5c;
@@ -267,7 +268,7 @@ mod tests {
     ) -> Side {
         match worker_socket {
             Some(socket) => {
-                worker_side(crate::udp::endpoint(socket, Some(server_cfg)).unwrap()).await
+                worker_side(crate::quic::udp::endpoint(socket, Some(server_cfg)).unwrap()).await
             }
             None => client_side(client_cfg, worker_addr).await,
         }
@@ -275,7 +276,7 @@ mod tests {
 
     /// Connects a client to the worker at `worker_addr` and opens a stream with two bytes on it.
     async fn client_side(cfg: quinn::ClientConfig, worker_addr: std::net::SocketAddr) -> Side {
-        let mut client = crate::udp::endpoint(crate::net::loopback_udp(), None).unwrap();
+        let mut client = crate::quic::udp::endpoint(crate::net::loopback_udp(), None).unwrap();
         client.set_default_client_config(cfg);
         let conn = client
             .connect(worker_addr, WORKER_SERVER_NAME)

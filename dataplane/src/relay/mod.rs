@@ -4,6 +4,10 @@
 //! into a buffer that is frozen and handed to quinn as an owned chunk. Neither direction copies
 //! in user space beyond the one read the socket API needs.
 
+pub(crate) mod gate;
+pub(crate) mod pool;
+pub(crate) mod splice;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::diag::{now_ms, RelayProbe};
-use crate::gate::{SendGate, SMALL_WRITE};
-use crate::pool::{AheadShare, StuckWrite, READ_AHEAD_MAX};
+use crate::relay::gate::{SendGate, SMALL_WRITE};
+use crate::relay::pool::{AheadShare, StuckWrite, READ_AHEAD_MAX};
 
 /// Largest read handed to quinn as one chunk. 256 KiB measured ~15 % more throughput and ~15 %
 /// less client CPU than 64 KiB on the full QUIC path (interleaved A/B, 4 runs each).
@@ -347,11 +351,11 @@ mod tests {
         quinn::Connection,
         quinn::Connection,
     ) {
-        let mut small = crate::tls::transport_config(true);
+        let mut small = crate::quic::transport_config(true);
         small
             .stream_receive_window((64u32 << 10).into())
             .receive_window((256u32 << 10).into());
-        crate::tls::loopback_pair(crate::tls::transport_config(false), small).await
+        crate::quic::loopback_pair(crate::quic::transport_config(false), small).await
     }
 
     /// A connected TCP pair on loopback with 16 KiB buffers (32 KiB after the kernel doubles
@@ -461,10 +465,11 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_is_read_ahead_of_a_stalled_quic_stream_and_nothing_is_lost() {
-        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
+        let _budget = crate::relay::pool::BUDGET_TEST_LOCK.lock().await;
         // Without read-ahead the relay stops at what the stream window, its one read and the
         // socket buffers hold: 131,072 bytes when measured.
-        let sent = taken_while_stalled(crate::pool::DEFAULT_READ_AHEAD_BUDGET, 4_000_000).await;
+        let sent =
+            taken_while_stalled(crate::relay::pool::DEFAULT_READ_AHEAD_BUDGET, 4_000_000).await;
         assert!(
             sent >= READ_AHEAD_MAX,
             "only {sent} bytes taken while the QUIC stream was stalled"
@@ -483,7 +488,7 @@ mod tests {
         let (mut app, tcp) = small_tcp_pair().await;
         let counts = Arc::new(Counts::default());
         let relay_counts = counts.clone();
-        crate::pool::set_read_ahead_budget(budget);
+        crate::relay::pool::set_read_ahead_budget(budget);
         let relay = tokio::spawn(async move {
             let gate = SendGate::default();
             let conn = OnConnection { id: 0, gate: &gate };
@@ -498,7 +503,7 @@ mod tests {
                 Err(_) => break,
             }
         }
-        crate::pool::set_read_ahead_budget(crate::pool::DEFAULT_READ_AHEAD_BUDGET);
+        crate::relay::pool::set_read_ahead_budget(crate::relay::pool::DEFAULT_READ_AHEAD_BUDGET);
         // The app writes the rest and ends; the client reads it all.
         let rest = async {
             app.write_all(&data[sent..]).await.unwrap();
@@ -520,7 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_quic_relay_reads_ahead_only_as_far_as_the_budget() {
-        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
+        let _budget = crate::relay::pool::BUDGET_TEST_LOCK.lock().await;
         // Nothing read ahead: what the window, one read and the sockets hold (131,072 bytes
         // when measured).
         let none = taken_while_stalled(0, 2_000_000).await;
@@ -535,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_state_report_shows_a_relay_stalled_on_quinn_and_forgets_it_when_it_ends() {
-        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
+        let _budget = crate::relay::pool::BUDGET_TEST_LOCK.lock().await;
         let (_server, _client, worker_side, client_side) = quic_pair().await;
         let _registered = crate::diag::ConnProbe::new(&worker_side);
         let (mut c_send, mut c_recv) = client_side.open_bi().await.unwrap();
@@ -598,8 +603,8 @@ mod tests {
     /// keep holding the session's bulk streams back.
     #[tokio::test]
     async fn a_relay_reading_ahead_of_its_stuck_stream_claims_nothing_on_the_gate() {
-        let _budget = crate::pool::BUDGET_TEST_LOCK.lock().await;
-        crate::pool::set_read_ahead_budget(crate::pool::DEFAULT_READ_AHEAD_BUDGET);
+        let _budget = crate::relay::pool::BUDGET_TEST_LOCK.lock().await;
+        crate::relay::pool::set_read_ahead_budget(crate::relay::pool::DEFAULT_READ_AHEAD_BUDGET);
         let (_server, _client, worker_side, client_side) = quic_pair().await;
         let (mut c_send, _c_recv) = client_side.open_bi().await.unwrap();
         c_send.write_all(b"x").await.unwrap();

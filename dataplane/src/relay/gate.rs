@@ -195,12 +195,12 @@ mod tests {
         Arc<AtomicU64>,
         Arc<AtomicU64>,
     ) {
-        let mut tight = crate::tls::transport_config(false);
+        let mut tight = crate::quic::transport_config(false);
         tight
             .receive_window(window.into())
             .stream_receive_window((window / 4).into());
         let (server, client, s, c) =
-            crate::tls::loopback_pair(tight, crate::tls::transport_config(true)).await;
+            crate::quic::loopback_pair(tight, crate::quic::transport_config(true)).await;
         let bulk = Arc::new(AtomicU64::new(0));
         let probe_at = Arc::new(AtomicU64::new(u64::MAX));
         let (received, probed) = (bulk.clone(), probe_at.clone());

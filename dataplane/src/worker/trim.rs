@@ -25,13 +25,7 @@ pub(crate) const QUIET_TRIMS: u32 = 5;
 
 /// Returns free heap memory to the system; a no-op off glibc.
 pub(crate) fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim takes no pointers and only walks glibc's own arenas under their locks;
-    // it may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 /// Decides, once per [`TRIM_EVERY`], whether to trim: when the count of ends moved, and for

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::server::WorkerHandle;
+use crate::worker::WorkerHandle;
 
 /// Name in the controller's cluster certificate.
 pub const CONTROLLER_SERVER_NAME: &str = "controller.sluice.internal";

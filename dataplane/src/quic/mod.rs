@@ -27,7 +27,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_STREAMS: u32 = 32_768;
 
 /// Streams a session may open before the worker raises its limit (doubling it, up to
-/// [`MAX_STREAMS`], as the session's open streams pass half of it; see `server.rs`).
+/// [`MAX_STREAMS`], as the session's open streams pass half of it; see `worker/mod.rs`).
 ///
 /// quinn allocates state for every stream the peer may open when the limit is set: at
 /// [`MAX_STREAMS`] that was 2 × 32,768 hash-map entries (about 2 MB) and a few milliseconds of

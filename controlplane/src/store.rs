@@ -139,7 +139,10 @@ impl RedbStore {
                     path: path.display().to_string(),
                 });
             }
-            Database::open(path).map_err(open_err)?
+            let db = Database::open(path).map_err(open_err)?;
+            // A store written before a table existed gets it now.
+            create_tables(&db)?;
+            db
         } else {
             // Built under another name and renamed once its tables exist, so a crash part-way
             // leaves no file rather than an empty one (which the next start would refuse).
@@ -154,7 +157,6 @@ impl RedbStore {
             std::fs::rename(&fresh, path).map_err(io)?;
             db
         };
-        create_tables(&db)?;
         let db = std::sync::Arc::new(db);
         let (tx, rx) = mpsc::channel::<(Vec<Write>, Done)>();
         let writer_db = db.clone();

@@ -250,6 +250,24 @@ fn the_store_its_directory_and_the_stored_token_are_owner_only_and_open_ones_are
     .arg(open.path());
     let err = refused(cmd);
     assert!(err.contains("open to other users"), "{err}");
+
+    // So does a worker's auth_storage_path (its identity and kept keys).
+    let mut cmd = std::process::Command::new(sluice_e2e::sluice_bin());
+    cmd.args([
+        "worker",
+        "-proxy-addr",
+        "127.0.0.1:0",
+        "-initial-upstream",
+        "127.0.0.1:1",
+    ])
+    .arg("-auth-storage-path")
+    .arg(open.path())
+    .args(["-activation-token", "neslat_unused"]);
+    let err = refused(cmd);
+    assert!(
+        err.contains("auth_storage_path") && err.contains("chmod 700"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -111,19 +111,7 @@ impl From<crate::error::Error> for ApiError {
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
             E::Store(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
         };
-        let message = match e {
-            E::Invalid(m)
-            | E::Unauthenticated(m)
-            | E::Forbidden(m)
-            | E::NotFound(m)
-            | E::Conflict(m)
-            | E::StaleVersion(m)
-            | E::Exhausted(m)
-            | E::Unavailable(m)
-            | E::Store(m)
-            | E::Internal(m) => m,
-        };
-        Self::new(status, kind, message)
+        Self::new(status, kind, e.message())
     }
 }
 
